@@ -1,0 +1,221 @@
+//! `Inputs`: every object translate reads, and loading them from YAML text
+//! (what standalone mode, the golden tests and the examples use).
+
+use crds::{AiProvider, ApiRoute, Subscription, Tenant};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
+/// Every object translate reads. Order does not matter: translate sorts.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Tenants (cluster-scoped).
+    pub tenants: Vec<Tenant>,
+    /// ApiRoutes.
+    pub routes: Vec<ApiRoute>,
+    /// Subscriptions.
+    pub subscriptions: Vec<Subscription>,
+    /// AiProviders.
+    pub providers: Vec<AiProvider>,
+    /// Ingresses (only those of class `sluice` are compiled).
+    pub ingresses: Vec<Ingress>,
+    /// Services referenced by routes.
+    pub services: Vec<Service>,
+    /// EndpointSlices of those Services.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Secrets: TLS certificates, provider credentials, app API keys.
+    pub secrets: Vec<Secret>,
+    /// ConfigMaps holding OpenAPI documents.
+    pub config_maps: Vec<ConfigMap>,
+}
+
+/// Why a YAML document could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The text is not YAML, or a document does not fit its kind's schema.
+    #[error("{source_name}: document {document}: {message}")]
+    Parse {
+        /// File name (or other label) of the text.
+        source_name: String,
+        /// 1-based document index within the text.
+        document: usize,
+        /// What serde said, with the field path.
+        message: String,
+    },
+    /// A document of a kind translate does not read.
+    #[error("{source_name}: document {document}: unsupported kind {api_version}/{kind}")]
+    UnsupportedKind {
+        /// File name.
+        source_name: String,
+        /// 1-based document index.
+        document: usize,
+        /// Its apiVersion.
+        api_version: String,
+        /// Its kind.
+        kind: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+}
+
+impl Inputs {
+    /// Parses every document of a multi-document YAML text and adds the
+    /// objects. Namespaced objects without a namespace get `default`, as
+    /// `kubectl apply` would. `List` documents are unpacked. Empty
+    /// documents are skipped. Returns how many objects were added; on an
+    /// error nothing from this text is added.
+    pub fn load_yaml(&mut self, source_name: &str, text: &str) -> Result<usize, LoadError> {
+        let mut staged = Inputs::default();
+        let mut count = 0;
+        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let document_number = index + 1;
+            let value = serde_yaml::Value::deserialize(document).map_err(|err| LoadError::Parse {
+                source_name: source_name.to_owned(),
+                document: document_number,
+                message: err.to_string(),
+            })?;
+            if value.is_null() {
+                continue;
+            }
+            count += staged.add_value(source_name, document_number, value)?;
+        }
+        self.extend(staged);
+        Ok(count)
+    }
+
+    fn add_value(&mut self, source_name: &str, document: usize, value: serde_yaml::Value) -> Result<usize, LoadError> {
+        let parse_err = |message: String| LoadError::Parse { source_name: source_name.to_owned(), document, message };
+        let meta = TypeMeta::deserialize(&value).map_err(|err| parse_err(err.to_string()))?;
+        fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, String> {
+            serde_yaml::from_value(value).map_err(|err| err.to_string())
+        }
+        match (meta.api_version.as_str(), meta.kind.as_str()) {
+            ("v1", "List") => {
+                let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
+                let mut count = 0;
+                for item in items {
+                    count += self.add_value(source_name, document, item)?;
+                }
+                Ok(count)
+            }
+            (crds::API_VERSION, "Tenant") => {
+                self.tenants.push(typed(value).map_err(parse_err)?);
+                Ok(1)
+            }
+            (crds::API_VERSION, "ApiRoute") => {
+                let mut route: ApiRoute = typed(value).map_err(parse_err)?;
+                default_namespace(&mut route.metadata);
+                self.routes.push(route);
+                Ok(1)
+            }
+            (crds::API_VERSION, "Subscription") => {
+                let mut sub: Subscription = typed(value).map_err(parse_err)?;
+                default_namespace(&mut sub.metadata);
+                self.subscriptions.push(sub);
+                Ok(1)
+            }
+            (crds::API_VERSION, "AiProvider") => {
+                let mut provider: AiProvider = typed(value).map_err(parse_err)?;
+                default_namespace(&mut provider.metadata);
+                self.providers.push(provider);
+                Ok(1)
+            }
+            ("networking.k8s.io/v1", "Ingress") => {
+                let mut ingress: Ingress = typed(value).map_err(parse_err)?;
+                default_namespace(&mut ingress.metadata);
+                self.ingresses.push(ingress);
+                Ok(1)
+            }
+            ("v1", "Service") => {
+                let mut service: Service = typed(value).map_err(parse_err)?;
+                default_namespace(&mut service.metadata);
+                self.services.push(service);
+                Ok(1)
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                let mut slice: EndpointSlice = typed(value).map_err(parse_err)?;
+                default_namespace(&mut slice.metadata);
+                self.endpoint_slices.push(slice);
+                Ok(1)
+            }
+            ("v1", "Secret") => {
+                let mut secret: Secret = typed(value).map_err(parse_err)?;
+                default_namespace(&mut secret.metadata);
+                self.secrets.push(secret);
+                Ok(1)
+            }
+            ("v1", "ConfigMap") => {
+                let mut config_map: ConfigMap = typed(value).map_err(parse_err)?;
+                default_namespace(&mut config_map.metadata);
+                self.config_maps.push(config_map);
+                Ok(1)
+            }
+            // Namespaces carry nothing translate needs; accept them so a
+            // folder can hold what `kubectl apply` would.
+            ("v1", "Namespace") => Ok(0),
+            (api_version, kind) => Err(LoadError::UnsupportedKind {
+                source_name: source_name.to_owned(),
+                document,
+                api_version: api_version.to_owned(),
+                kind: kind.to_owned(),
+            }),
+        }
+    }
+
+    /// Moves every object of `other` into `self`.
+    pub fn extend(&mut self, other: Inputs) {
+        let Inputs {
+            tenants,
+            routes,
+            subscriptions,
+            providers,
+            ingresses,
+            services,
+            endpoint_slices,
+            secrets,
+            config_maps,
+        } = other;
+        self.tenants.extend(tenants);
+        self.routes.extend(routes);
+        self.subscriptions.extend(subscriptions);
+        self.providers.extend(providers);
+        self.ingresses.extend(ingresses);
+        self.services.extend(services);
+        self.endpoint_slices.extend(endpoint_slices);
+        self.secrets.extend(secrets);
+        self.config_maps.extend(config_maps);
+    }
+
+    /// How many objects there are in all.
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+            + self.routes.len()
+            + self.subscriptions.len()
+            + self.providers.len()
+            + self.ingresses.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+            + self.secrets.len()
+            + self.config_maps.len()
+    }
+
+    /// Whether there are no objects.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn default_namespace(meta: &mut ObjectMeta) {
+    if meta.namespace.as_deref().is_none_or(str::is_empty) {
+        meta.namespace = Some("default".to_owned());
+    }
+}

@@ -1,0 +1,32 @@
+//! Sluice's compiler: every watched object in, one immutable [`Snapshot`]
+//! and a status per object out.
+//!
+//! ```text
+//!   Tenants, ApiRoutes, Subscriptions, AiProviders,
+//!   Ingresses, Services, EndpointSlices, Secrets, ConfigMaps
+//!                       │  Inputs (any order)
+//!                       v
+//!                  translate()            pure: no I/O, no clock, no randomness
+//!                       │
+//!          ┌────────────┴────────────┐
+//!          v                         v
+//!      Snapshot (versioned)     statuses (conditions per object)
+//!      -> proxies               -> operator writes them back
+//! ```
+//!
+//! Both the operator and the proxy's standalone mode call [`translate`];
+//! neither this crate nor its callers' hot paths do I/O through it.
+
+mod inputs;
+mod model;
+pub mod status;
+mod translate;
+
+pub use inputs::{Inputs, LoadError};
+pub use model::*;
+pub use translate::{Translation, content_version, host_covers, normalize_host, translate};
+
+/// Names used by app API key Secrets.
+pub mod api_keys {
+    pub use crate::translate::api_key_consts::*;
+}
