@@ -30,6 +30,7 @@ use crate::{Conditions, Duration, HeaderValue, RateLimit, conditions_schema};
 #[x_kube(validation = Rule::new("self.loadBalancer.policy != 'ConsistentHash' || has(self.loadBalancer.hashHeader)").message("loadBalancer.hashHeader is required when loadBalancer.policy is ConsistentHash"))]
 #[x_kube(validation = Rule::new("!has(self.tls) || self.tls.all(t, t.hosts.all(h, h in self.hosts))").message("every tls[].hosts entry must be one of spec.hosts"))]
 #[x_kube(validation = Rule::new("self.auth.mode != 'Jwt' && self.auth.mode != 'ApiKeyOrJwt' || has(self.auth.jwt)").message("auth.jwt is required when auth.mode is Jwt or ApiKeyOrJwt"))]
+#[x_kube(validation = Rule::new("self.lifecycle.state != 'Draft' || self.auth.mode != 'None'").message("a Draft route is callable only by its own tenant's apps, so auth.mode must not be None"))]
 #[x_kube(validation = Rule::new("!self.subscription.required || self.auth.mode != 'None'").message("subscription.required needs an auth.mode other than None, to know which app is calling"))]
 pub struct ApiRouteSpec {
     /// Hostnames this route answers for: exact (`api.example.com`) or a

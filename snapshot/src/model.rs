@@ -9,8 +9,7 @@ use std::fmt;
 
 use crds::{
     AiModel, ApprovalMode, ApprovalState, AuthMode, Cors, HeaderTransform, HeaderValue, JwtAuth, LifecycleState,
-    LoadBalancerPolicy, Method, PathMatchType, ProviderType, Quotas, RateLimit, RetryOn,
-    ValueMatchType, Visibility,
+    LoadBalancerPolicy, Method, PathMatchType, ProviderType, Quotas, RateLimit, RetryOn, ValueMatchType, Visibility,
 };
 use serde::{Deserialize, Serialize};
 
@@ -52,10 +51,7 @@ impl Snapshot {
 
     /// The app an API key hash belongs to.
     pub fn api_key(&self, sha256_hex: &str) -> Option<&ApiKey> {
-        self.api_keys
-            .binary_search_by(|k| k.sha256.as_str().cmp(sha256_hex))
-            .ok()
-            .map(|i| &self.api_keys[i])
+        self.api_keys.binary_search_by(|k| k.sha256.as_str().cmp(sha256_hex)).ok().map(|i| &self.api_keys[i])
     }
 }
 
@@ -118,7 +114,7 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_transform: Option<RequestTransform>,
     /// Response changes (includes lifecycle headers such as Deprecation
-    /// and Sunset under `addHeaders`).
+    /// and Sunset under `setHeaders`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_transform: Option<HeaderTransform>,
     /// Request rate limit.
@@ -213,8 +209,10 @@ pub struct AppGrant {
     pub tenant: String,
     /// The app.
     pub app: String,
-    /// Why it has access.
-    pub via: GrantSource,
+    /// The approved Subscription (`namespace/name`) that gives access;
+    /// none for the route's own tenant's apps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<String>,
     /// A plan's name, if the subscription has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
@@ -223,22 +221,15 @@ pub struct AppGrant {
     pub rate_limit: Option<RateLimit>,
 }
 
-/// Why an app may call a route.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "camelCase")]
-pub enum GrantSource {
-    /// The app belongs to the route's own tenant.
-    Owner,
-    /// An approved Subscription (`namespace/name`).
-    Subscription(String),
-}
-
 /// What serves a route.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", tag = "type")]
 pub enum Backend {
     /// HTTP upstreams (Services or URLs), split by weight.
-    Upstreams(Vec<UpstreamGroup>),
+    Upstreams {
+        /// The groups, in spec order.
+        groups: Vec<UpstreamGroup>,
+    },
     /// AI models.
     Ai(AiRoute),
     /// A fixed answer from the gateway.
@@ -381,7 +372,7 @@ pub struct RequestTransform {
 
 /// A compiled path rewrite.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", tag = "type", content = "value")]
 pub enum PathRewrite {
     /// Replace the matched prefix.
     ReplacePrefix(String),

@@ -26,11 +26,7 @@ impl ObjectRef {
 
     /// `namespace/name`, or `name` for cluster-scoped objects.
     pub fn key(&self) -> String {
-        if self.namespace.is_empty() {
-            self.name.clone()
-        } else {
-            format!("{}/{}", self.namespace, self.name)
-        }
+        if self.namespace.is_empty() { self.name.clone() } else { format!("{}/{}", self.namespace, self.name) }
     }
 }
 
@@ -56,8 +52,6 @@ pub mod reason {
     pub const ACCEPTED: &str = "Accepted";
     /// All references found.
     pub const RESOLVED_REFS: &str = "ResolvedRefs";
-    /// Nothing conflicts.
-    pub const NO_CONFLICTS: &str = "NoConflicts";
     /// A field has an invalid value.
     pub const INVALID: &str = "Invalid";
     /// The backend is not exactly one valid kind.
@@ -176,14 +170,7 @@ pub struct ObjectStatus {
 impl ObjectStatus {
     /// A status with no conditions yet.
     pub fn new(object: ObjectRef, observed_generation: Option<i64>) -> Self {
-        ObjectStatus {
-            object,
-            observed_generation,
-            conditions: Vec::new(),
-            phase: None,
-            base_url: None,
-            apps: None,
-        }
+        ObjectStatus { object, observed_generation, conditions: Vec::new(), phase: None, base_url: None, apps: None }
     }
 
     /// The condition of this type.

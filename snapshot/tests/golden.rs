@@ -80,9 +80,5 @@ fn first_difference(expected: &str, actual: &str) -> String {
             return format!("line {}:\n  expected: {e}\n  actual:   {a}", i + 1);
         }
     }
-    format!(
-        "lengths differ: expected {} lines, actual {} lines",
-        expected.lines().count(),
-        actual.lines().count()
-    )
+    format!("lengths differ: expected {} lines, actual {} lines", expected.lines().count(), actual.lines().count())
 }

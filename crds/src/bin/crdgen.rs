@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let out = std::env::args_os().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/sluice/crds")
-    });
+    let out = std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/sluice/crds"));
     if let Err(err) = std::fs::create_dir_all(&out) {
         eprintln!("crdgen: cannot create {}: {err}", out.display());
         return ExitCode::FAILURE;

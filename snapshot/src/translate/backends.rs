@@ -106,7 +106,11 @@ pub fn service_port(
     })
 }
 
-pub fn services(index: &Index<'_>, namespace: &str, backends: &[ServiceBackend]) -> Result<Vec<UpstreamGroup>, Rejection> {
+pub fn services(
+    index: &Index<'_>,
+    namespace: &str,
+    backends: &[ServiceBackend],
+) -> Result<Vec<UpstreamGroup>, Rejection> {
     backends
         .iter()
         .enumerate()
@@ -182,7 +186,10 @@ pub fn ai(providers: &Providers, namespace: &str, ai: &AiBackend) -> Result<AiRo
     };
     let targets = resolve(&ai.targets, "spec.backend.ai.targets")?;
     if targets.is_empty() {
-        return Err(Rejection::invalid(reason::INVALID_BACKEND, "spec.backend.ai.targets must list at least one model."));
+        return Err(Rejection::invalid(
+            reason::INVALID_BACKEND,
+            "spec.backend.ai.targets must list at least one model.",
+        ));
     }
     let fallback = resolve(&ai.fallback, "spec.backend.ai.fallback")?;
     if let Some(prompt) = &ai.prompt

@@ -40,7 +40,7 @@ fn key(meta: &ObjectMeta) -> Key<'_> {
 /// Sorts objects by (namespace, name) and keeps one per key. Of duplicates,
 /// the one whose JSON sorts first is kept, so the choice does not depend
 /// on input order.
-fn sorted<'a, T: Serialize>(items: &'a [T], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<&'a T> {
+fn sorted<T: Serialize>(items: &[T], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<&T> {
     let mut refs: Vec<&T> = items.iter().collect();
     refs.sort_by(|a, b| key(meta(a)).cmp(&key(meta(b))));
     let mut out: Vec<&T> = Vec::with_capacity(refs.len());
@@ -75,9 +75,9 @@ pub struct Index<'a> {
 impl<'a> Index<'a> {
     pub fn new(inputs: &'a Inputs) -> Self {
         let mut tenants = sorted(&inputs.tenants, |t| &t.metadata);
-        tenants.sort_by_key(|t| Age::of(&t.metadata));
+        tenants.sort_by_cached_key(|t| Age::of(&t.metadata));
         let mut routes = sorted(&inputs.routes, |r| &r.metadata);
-        routes.sort_by_key(|r| Age::of(&r.metadata));
+        routes.sort_by_cached_key(|r| Age::of(&r.metadata));
         let secrets = sorted(&inputs.secrets, |s| &s.metadata);
         let mut slices: BTreeMap<Key<'a>, Vec<&'a EndpointSlice>> = BTreeMap::new();
         for slice in sorted(&inputs.endpoint_slices, |s| &s.metadata) {

@@ -34,7 +34,12 @@ pub fn translate(index: &Index<'_>, tenancy: &Tenancy, out: &mut Output) -> Vec<
     candidates
 }
 
-fn compile(index: &Index<'_>, tenancy: &Tenancy, ingress: &Ingress, object: &ObjectRef) -> Result<Vec<Candidate>, Rejection> {
+fn compile(
+    index: &Index<'_>,
+    tenancy: &Tenancy,
+    ingress: &Ingress,
+    object: &ObjectRef,
+) -> Result<Vec<Candidate>, Rejection> {
     let (namespace, _) = names(&ingress.metadata);
     let Some(spec) = ingress.spec.as_ref() else {
         return Err(Rejection::invalid(reason::INVALID, "spec is missing."));
@@ -58,7 +63,11 @@ fn compile(index: &Index<'_>, tenancy: &Tenancy, ingress: &Ingress, object: &Obj
                 }
             };
             let value = path.path.clone().unwrap_or_else(|| "/".to_owned());
-            let m = Match { path_type: kind, path: compile_path(kind, &value, &format!("{field}.path"))?, ..prefix_match("/") };
+            let m = Match {
+                path_type: kind,
+                path: compile_path(kind, &value, &format!("{field}.path"))?,
+                ..prefix_match("/")
+            };
             let backend = compile_backend(index, namespace, &path.backend, &format!("{field}.backend"))?;
             routes.push((hosts.clone(), m, backend));
         }
@@ -77,6 +86,10 @@ fn compile(index: &Index<'_>, tenancy: &Tenancy, ingress: &Ingress, object: &Obj
     for (i, tls) in spec.tls.as_deref().unwrap_or_default().iter().enumerate() {
         let Some(secret) = &tls.secret_name else { continue };
         let hosts = compile_hosts(tls.hosts.as_deref().unwrap_or_default(), &format!("spec.tls[{i}].hosts"))?;
+        // A certificate may only be brought for hosts this namespace may serve.
+        if !hosts.is_empty() {
+            tenancy.check_hosts(namespace, &hosts, &format!("spec.tls[{i}].hosts"))?;
+        }
         certificates.push(tls_secret(index, namespace, secret, hosts, &format!("spec.tls[{i}].secretName"))?);
     }
     let age = Age::of(&ingress.metadata);
@@ -111,14 +124,19 @@ fn compile(index: &Index<'_>, tenancy: &Tenancy, ingress: &Ingress, object: &Obj
             },
             age: age.clone(),
             generation: ingress.metadata.generation,
-            // The certificates travel with the first route of the Ingress.
+            // The certificates travel with the last route of the Ingress.
             certificates: if i + 1 == count { std::mem::take(&mut certificates) } else { Vec::new() },
             warning: None,
         })
         .collect())
 }
 
-fn compile_backend(index: &Index<'_>, namespace: &str, backend: &IngressBackend, field: &str) -> Result<Backend, Rejection> {
+fn compile_backend(
+    index: &Index<'_>,
+    namespace: &str,
+    backend: &IngressBackend,
+    field: &str,
+) -> Result<Backend, Rejection> {
     let Some(service) = &backend.service else {
         return Err(Rejection::invalid(
             reason::INVALID_BACKEND,
@@ -130,13 +148,16 @@ fn compile_backend(index: &Index<'_>, namespace: &str, backend: &IngressBackend,
             (Some(n), _) => PortRef::Number(*n),
             (None, Some(n)) => PortRef::Name(n),
             (None, None) => {
-                return Err(Rejection::invalid(reason::INVALID_BACKEND, format!("{field}.service.port needs a number or name.")));
+                return Err(Rejection::invalid(
+                    reason::INVALID_BACKEND,
+                    format!("{field}.service.port needs a number or name."),
+                ));
             }
         },
         None => return Err(Rejection::invalid(reason::INVALID_BACKEND, format!("{field}.service.port is required."))),
     };
     let group = backends::service_port(index, namespace, &service.name, port, 1, &format!("{field}.service"))?;
-    Ok(Backend::Upstreams(vec![group]))
+    Ok(Backend::Upstreams { groups: vec![group] })
 }
 
 fn default_traffic() -> TrafficPolicy {

@@ -37,9 +37,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::Inputs;
 use crate::model::{Certificate, Route, Snapshot};
 use crate::status::{ObjectRef, ObjectStatus, Rejection, StatusCondition, condition, reason};
-use crate::Inputs;
 
 pub use hosts::{covers as host_covers, normalize as normalize_host};
 
@@ -94,7 +94,7 @@ pub fn translate(inputs: &Inputs) -> Translation {
 
     let mut snapshot = Snapshot {
         version: String::new(),
-        routes: routes.into_iter().map(|r| (r.id.clone(), r)).collect::<BTreeMap<_, _>>().into_values().collect(),
+        routes: sorted_by_key(routes, |r| r.id.clone()),
         reserved_hosts: tenancy.reserved_hosts(),
         certificates,
         tenants: tenancy.policies(),
@@ -146,6 +146,15 @@ impl Serialize for SnapshotContent<'_> {
     }
 }
 
+/// Sorts large values by moving each one twice instead of O(n log n)
+/// times: the keys are sorted, then the values are taken in that order.
+pub(crate) fn sorted_by_key<T, K: Ord>(items: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+    let mut order: Vec<(K, usize)> = items.iter().enumerate().map(|(i, item)| (key(item), i)).collect();
+    order.sort();
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|(_, i)| slots[i].take()).collect()
+}
+
 /// Statuses being collected.
 #[derive(Default)]
 pub(crate) struct Output {
@@ -155,10 +164,10 @@ pub(crate) struct Output {
 impl Output {
     /// The status of an object, created on first use.
     pub fn status_mut(&mut self, object: &ObjectRef, generation: Option<i64>) -> &mut ObjectStatus {
-        let status = self
-            .statuses
-            .entry(object.clone())
-            .or_insert_with(|| ObjectStatus::new(object.clone(), generation));
+        if !self.statuses.contains_key(object) {
+            self.statuses.insert(object.clone(), ObjectStatus::new(object.clone(), generation));
+        }
+        let Some(status) = self.statuses.get_mut(object) else { unreachable!("inserted above") };
         if generation.is_some() {
             status.observed_generation = generation;
         }
@@ -192,7 +201,7 @@ impl Output {
             status.set(StatusCondition::ok(
                 condition::ACCEPTED,
                 reason::ACCEPTED,
-                format!("{object} is valid, but a reference is missing, so it is not served."),
+                format!("{object} is valid, but a reference is missing (see ResolvedRefs), so it is left out."),
             ));
         }
     }

@@ -59,10 +59,9 @@ fn compile(index: &Index<'_>, tenancy: &Tenancy, provider: &AiProvider, id: &str
         }
     };
     check_url(&base_url).map_err(|e| Rejection::invalid(reason::INVALID, format!("spec.baseUrl {e}.")))?;
-    let timeout_ms = spec
-        .timeout
-        .millis()
-        .ok_or_else(|| Rejection::invalid(reason::INVALID, format!("spec.timeout {:?} is not a duration.", spec.timeout.0)))?;
+    let timeout_ms = spec.timeout.millis().ok_or_else(|| {
+        Rejection::invalid(reason::INVALID, format!("spec.timeout {:?} is not a duration.", spec.timeout.0))
+    })?;
     if let Some(limit) = &spec.rate_limit {
         check_rate_limit(limit, "spec.rateLimit")?;
     }

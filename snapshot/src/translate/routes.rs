@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crds::{
-    ApiRoute, ApiRouteSpec, AuthMode, HeaderTransform, HeaderValue, LifecycleState,
-    LoadBalancerPolicy, PathMatchType, RouteMatch, ValueMatchType, Visibility,
+    ApiRoute, ApiRouteSpec, AuthMode, HeaderTransform, HeaderValue, LifecycleState, LoadBalancerPolicy, PathMatchType,
+    RouteMatch, ValueMatchType, Visibility,
 };
 use jiff::Timestamp;
 
@@ -20,7 +20,9 @@ use crate::status::{ObjectRef, Rejection, reason};
 
 /// Compiles every ApiRoute; the rejected ones get their status here.
 pub fn translate(index: &Index<'_>, tenancy: &Tenancy, providers: &Providers, out: &mut Output) -> Vec<Candidate> {
-    let mut candidates = Vec::new();
+    // NB: growing vectors of ~1 KiB routes by doubling costs more than the
+    // compilation itself at 10,000 routes, so every vector is sized once.
+    let mut candidates = Vec::with_capacity(index.routes.len());
     for route in &index.routes {
         let (namespace, name) = names(&route.metadata);
         let object = ObjectRef::new("ApiRoute", namespace, name);
@@ -59,6 +61,15 @@ fn compile(
     };
 
     let auth = compile_auth(spec)?;
+    // NB: a Draft is callable by its own tenant's apps only, so it needs to
+    // know who calls, and every other app needs a grant it cannot get.
+    let draft = spec.lifecycle.state == LifecycleState::Draft;
+    if draft && auth.mode == AuthMode::None {
+        return Err(Rejection::invalid(
+            reason::INVALID,
+            "spec.auth.mode is None, but a Draft route is callable only by its own tenant's apps, so it needs ApiKey, Jwt or ApiKeyOrJwt.",
+        ));
+    }
     if spec.subscription.required && auth.mode == AuthMode::None {
         return Err(Rejection::invalid(
             reason::INVALID,
@@ -75,7 +86,10 @@ fn compile(
         response_transform.get_or_insert_with(HeaderTransform::default).set_headers.extend(lifecycle_headers);
     }
     let defaults = tenant.map(|t| &t.defaults);
-    let rate_limit = spec.rate_limit.clone().or_else(|| defaults.and_then(|d| d.rate_limit.clone()));
+    let mut rate_limit = spec.rate_limit.clone().or_else(|| defaults.and_then(|d| d.rate_limit.clone()));
+    if let Some(header) = rate_limit.as_mut().and_then(|l| l.header.as_mut()) {
+        header.make_ascii_lowercase();
+    }
     if let Some(limit) = &spec.rate_limit {
         check_rate_limit(limit, "spec.rateLimit")?;
     }
@@ -117,7 +131,7 @@ fn compile(
             hosts,
             matches,
             auth,
-            access: Access { subscription_required: spec.subscription.required, approval, apps: Vec::new() },
+            access: Access { subscription_required: spec.subscription.required || draft, approval, apps: Vec::new() },
             backend,
             traffic,
             request_transform,
@@ -208,26 +222,21 @@ pub fn compile_path(kind: PathMatchType, value: &str, field: &str) -> Result<Str
 }
 
 fn check_regex(value: &str, field: &str) -> Result<(), Rejection> {
-    regex::RegexBuilder::new(&format!("^(?:{value})$"))
-        .size_limit(1 << 20)
-        .build()
-        .map(|_| ())
-        .map_err(|e| {
-            let first = e.to_string().lines().last().unwrap_or_default().trim().to_owned();
-            Rejection::invalid(reason::INVALID, format!("{field} {value:?} is not a valid regular expression: {first}."))
-        })
+    regex::RegexBuilder::new(&format!("^(?:{value})$")).size_limit(1 << 20).build().map(|_| ()).map_err(|e| {
+        let first = e.to_string().lines().last().unwrap_or_default().trim().to_owned();
+        Rejection::invalid(reason::INVALID, format!("{field} {value:?} is not a valid regular expression: {first}."))
+    })
 }
 
-fn compile_value_matches(
-    raw: &[crds::ValueMatch],
-    lower: bool,
-    field: &str,
-) -> Result<Vec<ValueMatch>, Rejection> {
+fn compile_value_matches(raw: &[crds::ValueMatch], lower: bool, field: &str) -> Result<Vec<ValueMatch>, Rejection> {
     let mut out = Vec::with_capacity(raw.len());
     for (i, m) in raw.iter().enumerate() {
         let name = if lower { m.name.to_ascii_lowercase() } else { m.name.clone() };
         if lower && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(Rejection::invalid(reason::INVALID, format!("{field}[{i}].name {:?} is not a header name.", m.name)));
+            return Err(Rejection::invalid(
+                reason::INVALID,
+                format!("{field}[{i}].name {:?} is not a header name.", m.name),
+            ));
         }
         let value = match (m.kind, &m.value) {
             (ValueMatchType::Present, _) => String::new(),
@@ -278,13 +287,13 @@ fn compile_backend(
         if services.is_empty() {
             return Err(Rejection::invalid(reason::INVALID_BACKEND, "spec.backend.services must not be empty."));
         }
-        return backends::services(index, namespace, services).map(Backend::Upstreams);
+        return backends::services(index, namespace, services).map(|groups| Backend::Upstreams { groups });
     }
     if let Some(upstreams) = &b.upstreams {
         if upstreams.is_empty() {
             return Err(Rejection::invalid(reason::INVALID_BACKEND, "spec.backend.upstreams must not be empty."));
         }
-        return backends::urls(upstreams).map(Backend::Upstreams);
+        return backends::urls(upstreams).map(|groups| Backend::Upstreams { groups });
     }
     if let Some(ai) = &b.ai {
         return backends::ai(providers, namespace, ai).map(Backend::Ai);
@@ -375,7 +384,10 @@ fn compile_auth(spec: &ApiRouteSpec) -> Result<AuthPolicy, Rejection> {
     let jwt = match auth.mode {
         AuthMode::Jwt | AuthMode::ApiKeyOrJwt => {
             let jwt = auth.jwt.clone().ok_or_else(|| {
-                Rejection::invalid(reason::INVALID, "spec.auth.jwt is required when spec.auth.mode is Jwt or ApiKeyOrJwt.")
+                Rejection::invalid(
+                    reason::INVALID,
+                    "spec.auth.jwt is required when spec.auth.mode is Jwt or ApiKeyOrJwt.",
+                )
             })?;
             check_url(&jwt.jwks_uri)
                 .map_err(|e| Rejection::invalid(reason::INVALID, format!("spec.auth.jwt.jwksUri {e}.")))?;
@@ -445,7 +457,10 @@ fn compile_traffic(spec: &ApiRouteSpec) -> Result<TrafficPolicy, Rejection> {
 fn check_headers(headers: &[HeaderValue], field: &str) -> Result<(), Rejection> {
     for (i, h) in headers.iter().enumerate() {
         if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-            return Err(Rejection::invalid(reason::INVALID, format!("{field}[{i}].name {:?} is not a header name.", h.name)));
+            return Err(Rejection::invalid(
+                reason::INVALID,
+                format!("{field}[{i}].name {:?} is not a header name.", h.name),
+            ));
         }
         if http::HeaderValue::from_str(&h.value).is_err() {
             return Err(Rejection::invalid(
@@ -534,7 +549,10 @@ fn compile_tls(
         let field = format!("spec.tls[{i}]");
         let tls_hosts = compile_hosts(&tls.hosts, &format!("{field}.hosts"))?;
         if let Some(h) = tls_hosts.iter().find(|h| !hosts.contains(h)) {
-            return Err(Rejection::invalid(reason::INVALID, format!("{field}.hosts has {h}, which is not in spec.hosts.")));
+            return Err(Rejection::invalid(
+                reason::INVALID,
+                format!("{field}.hosts has {h}, which is not in spec.hosts."),
+            ));
         }
         out.push(tls_secret(index, namespace, &tls.secret_name, tls_hosts, &format!("{field}.secretName"))?);
     }
@@ -552,12 +570,23 @@ pub fn tls_secret(
     let secret = index.secret(namespace, name).ok_or_else(|| {
         Rejection::unresolved(reason::SECRET_NOT_FOUND, format!("{field}: Secret {namespace}/{name} does not exist."))
     })?;
+    if secret.type_.as_deref().is_some_and(|t| t != "kubernetes.io/tls") {
+        return Err(Rejection::unresolved(
+            reason::INVALID_CERTIFICATE,
+            format!(
+                "{field}: Secret {namespace}/{name} has type {:?}, not kubernetes.io/tls.",
+                secret.type_.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
     let cert = secret_value(secret, "tls.crt").unwrap_or_default();
     let key = secret_value(secret, "tls.key").unwrap_or_default();
     if !cert.contains("-----BEGIN CERTIFICATE-----") || !key.contains("-----BEGIN") || !key.contains("PRIVATE KEY") {
         return Err(Rejection::unresolved(
             reason::INVALID_CERTIFICATE,
-            format!("{field}: Secret {namespace}/{name} must hold a PEM certificate in tls.crt and a PEM private key in tls.key."),
+            format!(
+                "{field}: Secret {namespace}/{name} must hold a PEM certificate in tls.crt and a PEM private key in tls.key."
+            ),
         ));
     }
     Ok(Certificate {
@@ -604,29 +633,35 @@ pub struct Accepted {
 /// Settles conflicts: oldest source first, each source claims every
 /// host + method + match it serves (and every TLS host it brings); a source
 /// that hits an earlier claim is rejected whole, naming the winner.
-pub fn resolve_conflicts(mut candidates: Vec<Candidate>, out: &mut Output) -> Accepted {
-    candidates.sort_by(|a, b| (&a.age, &a.route.source, &a.route.id).cmp(&(&b.age, &b.route.source, &b.route.id)));
-    let mut claims: BTreeMap<String, ObjectRef> = BTreeMap::new();
+pub fn resolve_conflicts(candidates: Vec<Candidate>, out: &mut Output) -> Accepted {
+    let candidates = super::sorted_by_key(candidates, |c| (c.age.clone(), c.route.source.clone(), c.route.id.clone()));
+    // Claims point into `owners`, so a claim costs one String.
+    let mut claims: BTreeMap<String, usize> = BTreeMap::new();
+    let mut owners: Vec<ObjectRef> = Vec::new();
+    let mut keys: Vec<String> = Vec::new();
     let mut tls_claims: BTreeMap<String, (ObjectRef, ObjectRef)> = BTreeMap::new();
     let mut certificates: BTreeMap<ObjectRef, Certificate> = BTreeMap::new();
-    let mut routes = Vec::new();
+    let mut routes = Vec::with_capacity(candidates.len());
 
     // Group candidates of one source (an Ingress yields several).
-    let mut groups: Vec<Vec<Candidate>> = Vec::new();
-    for candidate in candidates {
-        match groups.last_mut() {
-            Some(group) if group[0].route.source == candidate.route.source => group.push(candidate),
-            _ => groups.push(vec![candidate]),
+    let mut candidates = candidates.into_iter().peekable();
+    let mut group: Vec<Candidate> = Vec::new();
+    while let Some(first) = candidates.next() {
+        group.clear();
+        group.push(first);
+        while let Some(next) = candidates.next_if(|c| c.route.source == group[0].route.source) {
+            group.push(next);
         }
-    }
-    for group in groups {
         let source = group[0].route.source.clone();
         let generation = group[0].generation;
-        let keys: Vec<(String, String)> = group.iter().flat_map(|c| claim_keys(&c.route)).collect();
-        let conflict = keys.iter().find_map(|(key, human)| {
-            claims.get(key).filter(|owner| **owner != source).map(|owner| {
+        keys.clear();
+        for c in &group {
+            claim_keys(&c.route, &mut keys);
+        }
+        let conflict = keys.iter().find_map(|key| {
+            claims.get(key).map(|&owner| &owners[owner]).filter(|owner| **owner != source).map(|owner| {
                 format!(
-                    "{source} serves {human}, which {owner} already serves; {owner} is older and wins, so this one is not served."
+                    "{source} serves {key}, which {owner} already serves; {owner} is older and wins, so this one is not served."
                 )
             })
         });
@@ -641,19 +676,19 @@ pub fn resolve_conflicts(mut candidates: Vec<Candidate>, out: &mut Output) -> Ac
             out.reject(&source, generation, Rejection::invalid(reason::CONFLICTED, message));
             continue;
         }
-        for (key, _) in keys {
-            claims.insert(key, source.clone());
+        owners.push(source.clone());
+        for key in keys.drain(..) {
+            claims.insert(key, owners.len() - 1);
         }
         let mut warning = None;
-        for candidate in group {
+        for candidate in group.drain(..) {
             for cert in candidate.certificates {
                 for h in &cert.hosts {
                     tls_claims.entry(h.clone()).or_insert_with(|| (source.clone(), cert.secret.clone()));
                 }
-                let entry = certificates.entry(cert.secret.clone()).or_insert_with(|| Certificate {
-                    hosts: Vec::new(),
-                    ..cert.clone()
-                });
+                let entry = certificates
+                    .entry(cert.secret.clone())
+                    .or_insert_with(|| Certificate { hosts: Vec::new(), ..cert.clone() });
                 for h in cert.hosts {
                     if !entry.hosts.contains(&h) {
                         entry.hosts.push(h);
@@ -681,37 +716,29 @@ pub fn resolve_conflicts(mut candidates: Vec<Candidate>, out: &mut Output) -> Ac
     Accepted { routes, certificates }
 }
 
-/// Every (host, method, match) a route serves, as a conflict key and as a
-/// human description.
-fn claim_keys(route: &Route) -> Vec<(String, String)> {
-    let any_host = ["*".to_owned()];
+/// Every (host, method, match) a route serves, as a conflict key that
+/// reads as a description ("host api.test GET prefix /v1").
+fn claim_keys(route: &Route, keys: &mut Vec<String>) {
+    let any_host = ["(any)".to_owned()];
     let hosts: &[String] = if route.hosts.is_empty() { &any_host } else { &route.hosts };
-    let mut keys = Vec::new();
     for host in hosts {
         for m in &route.matches {
-            let methods: Vec<&str> =
-                if m.methods.is_empty() { vec!["*"] } else { m.methods.iter().map(|x| x.as_str()).collect() };
-            for method in methods {
-                let extra = if m.headers.is_empty() && m.query_params.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {:?} {:?}", m.headers, m.query_params)
-                };
-                let key = format!("{host} {method} {:?} {}{extra}", m.path_type, m.path);
-                let human = format!(
-                    "host {} {} {} {}",
-                    if host == "*" { "(any)" } else { host },
-                    if method == "*" { "(any method)" } else { method },
-                    match m.path_type {
-                        PathMatchType::Exact => "path",
-                        PathMatchType::PathPrefix => "prefix",
-                        PathMatchType::RegularExpression => "regex",
-                    },
-                    m.path
-                );
-                keys.push((key, human));
+            let kind = match m.path_type {
+                PathMatchType::Exact => "path",
+                PathMatchType::PathPrefix => "prefix",
+                PathMatchType::RegularExpression => "regex",
+            };
+            let extra = if m.headers.is_empty() && m.query_params.is_empty() {
+                String::new()
+            } else {
+                format!(" with headers {:?} and query {:?}", m.headers, m.query_params)
+            };
+            if m.methods.is_empty() {
+                keys.push(format!("host {host} (any method) {kind} {}{extra}", m.path));
+            }
+            for method in &m.methods {
+                keys.push(format!("host {host} {} {kind} {}{extra}", method.as_str(), m.path));
             }
         }
     }
-    keys
 }

@@ -7,7 +7,7 @@ use crds::{ApprovalMode, ApprovalState, LifecycleState};
 use super::Output;
 use super::index::{Index, names};
 use super::tenants::{Tenancy, check_rate_limit};
-use crate::model::{AppGrant, GrantSource, Route};
+use crate::model::{AppGrant, Route};
 use crate::status::{ObjectRef, Rejection, reason};
 
 /// Fills every route's access list: the owner's own apps, then apps with an
@@ -26,14 +26,16 @@ pub fn translate(index: &Index<'_>, tenancy: &Tenancy, routes: &mut [Route], out
         if route.source.kind == "ApiRoute" {
             by_id.insert(route.id.clone(), i);
         }
-        if let Some(tenant) = route.tenant.as_deref().and_then(|t| tenancy.owner(&route.source.namespace).filter(|o| o.name == t)) {
+        if let Some(tenant) =
+            route.tenant.as_deref().and_then(|t| tenancy.owner(&route.source.namespace).filter(|o| o.name == t))
+        {
             route.access.apps = tenant
                 .apps
                 .iter()
                 .map(|app| AppGrant {
                     tenant: tenant.name.clone(),
                     app: app.name.clone(),
-                    via: GrantSource::Owner,
+                    subscription: None,
                     plan: None,
                     rate_limit: None,
                 })
@@ -82,7 +84,11 @@ pub fn translate(index: &Index<'_>, tenancy: &Tenancy, routes: &mut [Route], out
             } else {
                 (reason::ROUTE_NOT_FOUND, "does not exist")
             };
-            out.reject(&object, generation, Rejection::unresolved(why, format!("spec.route: ApiRoute {route_id} {what}.")));
+            out.reject(
+                &object,
+                generation,
+                Rejection::unresolved(why, format!("spec.route: ApiRoute {route_id} {what}.")),
+            );
             continue;
         };
         let route = &mut routes[i];
@@ -111,7 +117,7 @@ pub fn translate(index: &Index<'_>, tenancy: &Tenancy, routes: &mut [Route], out
             route.access.apps.push(AppGrant {
                 tenant: tenant.name.clone(),
                 app: spec.app.clone(),
-                via: GrantSource::Subscription(object.key()),
+                subscription: Some(object.key()),
                 plan: spec.plan.as_ref().map(|p| p.name.clone()),
                 rate_limit: spec.plan.as_ref().and_then(|p| p.rate_limit.clone()),
             });

@@ -158,7 +158,7 @@ pub fn translate(index: &Index<'_>, out: &mut Output) -> Tenancy {
         }
         let mut patterns = Vec::new();
         for pattern in &entry.patterns {
-            match claimed_patterns.iter().find(|(p, _)| hosts::overlap(p, pattern)) {
+            match claimed_patterns.iter().find(|(p, owner)| *owner != name && hosts::overlap(p, pattern)) {
                 Some((theirs, owner)) => {
                     let winner = format!(
                         "Hostname {theirs} overlaps {pattern} of tenant {name}; tenant {owner} keeps it because it is older."
@@ -320,7 +320,8 @@ pub fn api_keys(index: &Index<'_>, tenancy: &Tenancy, out: &mut Output) -> Vec<A
             );
             continue;
         }
-        let Some(key) = secret_value(secret, API_KEY_FIELD).filter(|k| !k.is_empty()) else {
+        let Some(key) = secret_value(secret, API_KEY_FIELD).map(|k| k.trim().to_owned()).filter(|k| !k.is_empty())
+        else {
             out.reject(
                 &object,
                 generation,
