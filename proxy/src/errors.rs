@@ -1,0 +1,146 @@
+//! Every error the waterfall can end in, and the one place where an error
+//! becomes an HTTP answer: an RFC 9457 `application/problem+json` document
+//! with a stable `type` per error.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+/// Where an error came from (as pingora tags them): the client, the
+/// upstream, or the gateway itself. Used as a metrics label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something wrong.
+    Downstream,
+    /// The upstream failed.
+    Upstream,
+    /// The gateway could not do its job.
+    Internal,
+}
+
+/// A request that ended in an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches the host, path, method, headers and query.
+    #[error("no route matches {method} {host}{path}")]
+    NoRoute {
+        /// Request method.
+        method: String,
+        /// Host the request was for.
+        host: String,
+        /// Request path.
+        path: String,
+    },
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The request body is larger than the limit.
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Every upstream endpoint is ejected, or there are none.
+    #[error("no healthy endpoint for {upstream}")]
+    NoHealthyEndpoint {
+        /// The upstream group.
+        upstream: String,
+    },
+    /// Connecting to the upstream failed, or it reset the connection.
+    #[error("upstream {upstream} unreachable: {detail}")]
+    UpstreamUnreachable {
+        /// The upstream group.
+        upstream: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream {upstream} did not answer within {timeout_ms} ms")]
+    UpstreamTimeout {
+        /// The upstream group.
+        upstream: String,
+        /// The timeout that expired.
+        timeout_ms: u64,
+    },
+    /// The route's backend is of a kind this proxy does not serve.
+    #[error("{0}")]
+    BackendUnsupported(String),
+    /// No snapshot is installed yet.
+    #[error("the gateway has no configuration yet")]
+    NotReady,
+}
+
+impl ProxyError {
+    /// The stable `type` suffix (`https://sluice.dev/problems/<kind>`), also
+    /// the `error` field of the call log and a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no-route",
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::BodyTooLarge { .. } => "body-too-large",
+            ProxyError::NoHealthyEndpoint { .. } => "no-healthy-endpoint",
+            ProxyError::UpstreamUnreachable { .. } => "upstream-unreachable",
+            ProxyError::UpstreamTimeout { .. } => "upstream-timeout",
+            ProxyError::BackendUnsupported(_) => "backend-unsupported",
+            ProxyError::NotReady => "not-ready",
+        }
+    }
+
+    /// The HTTP status the error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoHealthyEndpoint { .. } | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BackendUnsupported(_) => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    /// Where the error came from.
+    pub fn source_side(&self) -> ErrorSource {
+        match self {
+            ProxyError::NoRoute { .. } | ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. } => {
+                ErrorSource::Downstream
+            }
+            ProxyError::NoHealthyEndpoint { .. }
+            | ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamTimeout { .. } => ErrorSource::Upstream,
+            ProxyError::BackendUnsupported(_) | ProxyError::NotReady => ErrorSource::Internal,
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "No route",
+            ProxyError::BadRequest(_) => "Bad request",
+            ProxyError::BodyTooLarge { .. } => "Request body too large",
+            ProxyError::NoHealthyEndpoint { .. } => "No healthy upstream endpoint",
+            ProxyError::UpstreamUnreachable { .. } => "Upstream unreachable",
+            ProxyError::UpstreamTimeout { .. } => "Upstream timeout",
+            ProxyError::BackendUnsupported(_) => "Backend not supported",
+            ProxyError::NotReady => "Not ready",
+        }
+    }
+
+    /// The problem document answering this error.
+    pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
+        problem(self.status(), self.kind(), self.title(), &self.to_string(), request_id)
+    }
+}
+
+/// Builds an `application/problem+json` answer.
+pub fn problem(status: StatusCode, kind: &str, title: &str, detail: &str, request_id: &str) -> Response<Bytes> {
+    let body = serde_json::json!({
+        "type": format!("https://sluice.dev/problems/{kind}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+        "requestId": request_id,
+    });
+    let mut response = Response::new(Bytes::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response
+}

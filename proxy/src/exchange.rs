@@ -1,0 +1,48 @@
+//! `Exchange`: what the waterfall knows about one request while it runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+
+/// Per-request state shared by the stages.
+#[derive(Debug)]
+pub struct Exchange {
+    /// `x-request-id`: the client's, or one made here.
+    pub request_id: String,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// `http` or `https`, as the client connected.
+    pub scheme: &'static str,
+    /// Host the request was for: lower-case, without port.
+    pub host: String,
+    /// The `Host` (or `:authority`) the client sent, for `X-Forwarded-Host`.
+    pub authority: Option<HeaderValue>,
+    /// Request method.
+    pub method: http::Method,
+    /// Request path (before any rewrite), for logs.
+    pub path: String,
+    /// When the request arrived.
+    pub started: Instant,
+    /// The matched route's id, once routed.
+    pub route_id: Option<Arc<str>>,
+    /// The matched route's tenant.
+    pub tenant: Option<Arc<str>>,
+    /// The calling app, once authenticated (identity stages set it).
+    pub app: Option<Arc<str>>,
+    /// Length of the matched PathPrefix, for prefix rewrites.
+    pub prefix_len: Option<usize>,
+    /// The upstream group that answered (or failed).
+    pub upstream: Option<Arc<str>>,
+    /// Time from sending upstream to the response headers.
+    pub upstream_latency: Option<Duration>,
+    /// The error type the request ended in, if any.
+    pub error: Option<&'static str>,
+    /// The request's `Origin`, when CORS applies.
+    pub cors_origin: Option<HeaderValue>,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// The snapshot version that served the request.
+    pub snapshot_version: Arc<str>,
+}

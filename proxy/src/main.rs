@@ -1,0 +1,152 @@
+//! `sluice-proxy`: the data plane binary.
+//!
+//! Standalone: `sluice-proxy --config-dir DIR` compiles the YAML resources
+//! in DIR, serves them, and applies changes to DIR within a second.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use sluice_proxy::{Gateway, Limits, ServerConfig, calllog, standalone};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const USAGE: &str = "\
+sluice-proxy: Sluice's API gateway data plane
+
+USAGE:
+    sluice-proxy --config-dir DIR [OPTIONS]
+
+OPTIONS:
+    --config-dir DIR           folder of YAML resources to serve and watch (standalone mode)
+    --listen ADDR              plain HTTP listener (repeatable; default 127.0.0.1:8080)
+    --listen-tls ADDR          TLS listener, certificates from the config by SNI (repeatable)
+    --admin ADDR               admin listener: /metrics /healthz /readyz /status (default 127.0.0.1:9901)
+    --workers N                worker threads (default: one per CPU)
+    --max-body-bytes N         largest request body (default 10485760)
+    --max-header-bytes N       largest request head (default 65536)
+    --header-read-timeout MS   time to read a request head, ms (default 10000)
+    --shutdown-grace MS        time in-flight requests get at SIGTERM, ms (default 30000)
+    --call-log on|off          one JSON line per request on stdout (default on)
+    -h, --help                 this text
+";
+
+#[derive(Debug)]
+struct Args {
+    config_dir: PathBuf,
+    server: ServerConfig,
+    limits: Limits,
+    call_log: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut config_dir = None;
+    let mut http = Vec::new();
+    let mut https = Vec::new();
+    let mut admin: SocketAddr = "127.0.0.1:9901".parse().map_err(|e| format!("{e}"))?;
+    let mut workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut limits = Limits::default();
+    let mut call_log = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        let addr =
+            |name: &str, v: String| v.parse::<SocketAddr>().map_err(|e| format!("{name} {v:?}: {e} (use IP:PORT)"));
+        let number = |name: &str, v: String| v.parse::<u64>().map_err(|e| format!("{name} {v:?}: {e}"));
+        match flag.as_str() {
+            "--config-dir" => config_dir = Some(PathBuf::from(value("--config-dir")?)),
+            "--listen" => http.push(addr("--listen", value("--listen")?)?),
+            "--listen-tls" => https.push(addr("--listen-tls", value("--listen-tls")?)?),
+            "--admin" => admin = addr("--admin", value("--admin")?)?,
+            "--workers" => workers = number("--workers", value("--workers")?)?.max(1) as usize,
+            "--max-body-bytes" => limits.max_body_bytes = number("--max-body-bytes", value("--max-body-bytes")?)?,
+            "--max-header-bytes" => {
+                limits.max_header_bytes = number("--max-header-bytes", value("--max-header-bytes")?)? as usize
+            }
+            "--header-read-timeout" => {
+                limits.header_read_timeout_ms = number("--header-read-timeout", value("--header-read-timeout")?)?
+            }
+            "--shutdown-grace" => limits.shutdown_grace_ms = number("--shutdown-grace", value("--shutdown-grace")?)?,
+            "--call-log" => {
+                call_log = match value("--call-log")?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--call-log {other:?}: use on or off")),
+                }
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let config_dir = config_dir.ok_or("--config-dir is required (the proxy's standalone mode)")?;
+    if http.is_empty() && https.is_empty() {
+        http.push("127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?);
+    }
+    Ok(Args { config_dir, server: ServerConfig { http, https, admin, workers }, limits, call_log })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) if message.is_empty() => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("sluice-proxy: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.config_dir.is_dir() {
+        eprintln!("sluice-proxy: --config-dir {}: not a folder", args.config_dir.display());
+        return ExitCode::from(2);
+    }
+    calllog::set_enabled(args.call_log);
+    let gateway = Gateway::new(args.limits, format!("standalone:{}", args.config_dir.display()));
+    standalone::apply(&gateway, &standalone::load(&args.config_dir));
+
+    let running = match sluice_proxy::start(gateway.clone(), &args.server) {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("sluice-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for addr in &running.http {
+        eprintln!("sluice-proxy: listening on http://{addr}");
+    }
+    for addr in &running.https {
+        eprintln!("sluice-proxy: listening on https://{addr}");
+    }
+    eprintln!("sluice-proxy: admin on http://{}", running.admin);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = standalone::watch(gateway, args.config_dir.clone(), stop.clone());
+
+    if let Err(e) = wait_for_signal() {
+        eprintln!("sluice-proxy: cannot wait for signals: {e}");
+    }
+    eprintln!("sluice-proxy: shutting down: no new connections; in-flight requests may finish");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    running.shutdown();
+    let _ = watcher.join();
+    eprintln!("sluice-proxy: stopped");
+    ExitCode::SUCCESS
+}
+
+fn wait_for_signal() -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,244 @@
+//! Prometheus series. Label values come from enums or from the snapshot
+//! (route ids, upstream names), never from requests; per-route handles are
+//! resolved when a snapshot is compiled, so the hot path touches atomics.
+
+use std::sync::Arc;
+
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A status code's class.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StatusClass {
+    /// 1xx
+    Informational,
+    /// 2xx
+    Success,
+    /// 3xx
+    Redirection,
+    /// 4xx
+    ClientError,
+    /// 5xx
+    ServerError,
+}
+
+impl StatusClass {
+    /// The class of a status code.
+    pub fn of(status: u16) -> Self {
+        match status {
+            100..=199 => StatusClass::Informational,
+            200..=299 => StatusClass::Success,
+            300..=399 => StatusClass::Redirection,
+            400..=499 => StatusClass::ClientError,
+            _ => StatusClass::ServerError,
+        }
+    }
+
+    const ALL: [StatusClass; 5] = [
+        StatusClass::Informational,
+        StatusClass::Success,
+        StatusClass::Redirection,
+        StatusClass::ClientError,
+        StatusClass::ServerError,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            StatusClass::Informational => "1xx",
+            StatusClass::Success => "2xx",
+            StatusClass::Redirection => "3xx",
+            StatusClass::ClientError => "4xx",
+            StatusClass::ServerError => "5xx",
+        })
+    }
+}
+
+impl EncodeLabelValue for ReloadOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            ReloadOutcome::Installed => "installed",
+            ReloadOutcome::Rejected => "rejected",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: String,
+    status_class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamStatus {
+    route: String,
+    upstream: String,
+    status_class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamError {
+    route: String,
+    upstream: String,
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadResult {
+    result: ReloadOutcome,
+}
+
+/// How a config reload ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new snapshot was installed.
+    Installed,
+    /// The config was bad; the last good snapshot keeps serving.
+    Rejected,
+}
+
+/// Every series the proxy exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteStatus, Counter>,
+    duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    request_bytes: Family<RouteLabel, Counter>,
+    response_bytes: Family<RouteLabel, Counter>,
+    upstream_requests: Family<UpstreamStatus, Counter>,
+    upstream_errors: Family<UpstreamError, Counter>,
+    reloads: Family<ReloadResult, Counter>,
+    /// Client connections open now.
+    pub active_connections: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.5 ms .. ~65 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let requests = Family::<RouteStatus, Counter>::default();
+        let duration = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        let request_bytes = Family::<RouteLabel, Counter>::default();
+        let response_bytes = Family::<RouteLabel, Counter>::default();
+        let upstream_requests = Family::<UpstreamStatus, Counter>::default();
+        let upstream_errors = Family::<UpstreamError, Counter>::default();
+        let reloads = Family::<ReloadResult, Counter>::default();
+        let active_connections = Gauge::default();
+        registry.register("requests", "Requests answered, by route and status class", requests.clone());
+        registry.register("request_duration_seconds", "Time from request to the end of the response", duration.clone());
+        registry.register("request_bytes", "Request body bytes read from clients", request_bytes.clone());
+        registry.register("response_bytes", "Response body bytes sent to clients", response_bytes.clone());
+        registry.register(
+            "upstream_requests",
+            "Responses from upstreams, by route, upstream and status class",
+            upstream_requests.clone(),
+        );
+        registry.register("upstream_errors", "Upstream calls that failed, by error type", upstream_errors.clone());
+        registry.register("config_reloads", "Configuration reloads, by outcome", reloads.clone());
+        registry.register("active_connections", "Client connections open now", active_connections.clone());
+        Metrics {
+            registry,
+            requests,
+            duration,
+            request_bytes,
+            response_bytes,
+            upstream_requests,
+            upstream_errors,
+            reloads,
+            active_connections,
+        }
+    }
+}
+
+/// One route's handles.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    requests: [Counter; 5],
+    duration: Histogram,
+    request_bytes: Counter,
+    response_bytes: Counter,
+}
+
+impl RouteMetrics {
+    /// Records one finished request.
+    pub fn record(&self, status: u16, seconds: f64, bytes_in: u64, bytes_out: u64) {
+        self.requests[StatusClass::of(status).index()].inc();
+        self.duration.observe(seconds);
+        self.request_bytes.inc_by(bytes_in);
+        self.response_bytes.inc_by(bytes_out);
+    }
+}
+
+impl Metrics {
+    /// Resolves the handles of one route (`""` for unrouted requests).
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let label = RouteLabel { route: route.to_owned() };
+        RouteMetrics {
+            route: Arc::from(route),
+            requests: StatusClass::ALL
+                .map(|c| self.requests.get_or_create_owned(&RouteStatus { route: route.to_owned(), status_class: c })),
+            duration: self.duration.get_or_create_owned(&label),
+            request_bytes: self.request_bytes.get_or_create_owned(&label),
+            response_bytes: self.response_bytes.get_or_create_owned(&label),
+        }
+    }
+
+    /// Counts an upstream response.
+    pub fn upstream_response(&self, route: &RouteMetrics, upstream: &str, status: u16) {
+        self.upstream_requests
+            .get_or_create(&UpstreamStatus {
+                route: route.route.to_string(),
+                upstream: upstream.to_owned(),
+                status_class: StatusClass::of(status),
+            })
+            .inc();
+    }
+
+    /// Counts a failed upstream call.
+    pub fn upstream_error(&self, route: &RouteMetrics, upstream: &str, error: &'static str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamError {
+                route: route.route.to_string(),
+                upstream: upstream.to_owned(),
+                error: error.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a reload.
+    pub fn reload(&self, outcome: ReloadOutcome) {
+        self.reloads.get_or_create(&ReloadResult { result: outcome }).inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,127 @@
+//! The record stage: runs for every request, answered early or not. It
+//! wraps the response body, counts the bytes sent, and when the body ends
+//! (or the client goes away) writes the call log line and the metrics.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::body::{BoxError, ResponseBody};
+use crate::calllog::{self, CallLine};
+use crate::metrics::RouteMetrics;
+
+/// What the record stage writes when the response ends.
+#[derive(Debug)]
+pub struct Record {
+    pub time: String,
+    pub request_id: String,
+    pub route: Option<Arc<str>>,
+    pub tenant: Option<Arc<str>>,
+    pub app: Option<Arc<str>>,
+    pub method: http::Method,
+    pub host: String,
+    pub path: String,
+    pub status: u16,
+    pub upstream: Option<Arc<str>>,
+    pub upstream_latency: Option<Duration>,
+    pub started: Instant,
+    pub bytes_in: u64,
+    pub error: Option<&'static str>,
+    pub snapshot: Arc<str>,
+    pub metrics: RouteMetrics,
+}
+
+impl Record {
+    fn finish(&self, bytes_out: u64) {
+        let elapsed = self.started.elapsed();
+        self.metrics.record(self.status, elapsed.as_secs_f64(), self.bytes_in, bytes_out);
+        calllog::write(&CallLine {
+            time: self.time.clone(),
+            request_id: &self.request_id,
+            route: self.route.as_deref(),
+            tenant: self.tenant.as_deref(),
+            app: self.app.as_deref(),
+            method: self.method.as_str(),
+            host: &self.host,
+            path: &self.path,
+            status: self.status,
+            upstream: self.upstream.as_deref(),
+            upstream_ms: self.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
+            total_ms: elapsed.as_secs_f64() * 1e3,
+            bytes_in: self.bytes_in,
+            bytes_out,
+            error: self.error,
+            snapshot: &self.snapshot,
+        });
+    }
+}
+
+/// A response body that records the request when it ends.
+#[derive(Debug)]
+pub struct RecordBody {
+    inner: ResponseBody,
+    bytes_out: u64,
+    record: Option<Box<Record>>,
+}
+
+impl RecordBody {
+    /// Wraps a body.
+    pub fn new(inner: ResponseBody, record: Record) -> Self {
+        RecordBody { inner, bytes_out: 0, record: Some(Box::new(record)) }
+    }
+
+    fn finish(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.finish(self.bytes_out);
+        }
+    }
+}
+
+impl Body for RecordBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes_out += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(record) = this.record.as_mut() {
+                    record.error.get_or_insert("upstream-reset");
+                }
+                this.finish();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RecordBody {
+    fn drop(&mut self) {
+        // NB: hyper drops bodies without polling them for HEAD requests,
+        // 204/304 answers and clients that go away: record those too.
+        self.finish();
+    }
+}

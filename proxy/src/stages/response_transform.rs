@@ -1,0 +1,34 @@
+//! Response header changes (including a Deprecated route's lifecycle headers).
+
+use http::{HeaderName, HeaderValue, response};
+
+use super::{Stage, headers};
+use crate::exchange::Exchange;
+
+/// Sets, adds and removes response headers.
+#[derive(Debug)]
+pub struct ResponseTransform {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl ResponseTransform {
+    pub fn new(t: &crds::HeaderTransform) -> Self {
+        ResponseTransform {
+            set: headers::parse(&t.set_headers),
+            add: headers::parse(&t.add_headers),
+            remove: headers::names(&t.remove_headers),
+        }
+    }
+}
+
+impl Stage for ResponseTransform {
+    fn name(&self) -> &'static str {
+        "response_transform"
+    }
+
+    fn on_response(&self, _ex: &Exchange, res: &mut response::Parts) {
+        headers::apply(&mut res.headers, &self.set, &self.add, &self.remove);
+    }
+}

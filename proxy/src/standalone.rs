@@ -1,0 +1,224 @@
+//! Standalone mode: a folder of the YAML resources a user would
+//! `kubectl apply`, compiled here with `translate`, and watched.
+//!
+//! The folder is polled every 200 ms (names, sizes and modification times)
+//! — no inotify dependency, and it works the same on every filesystem. A
+//! change is loaded and compiled; it is installed unless it makes things
+//! worse: a file that does not parse, or an object with a False condition
+//! that the serving config does not have, keeps the last good config
+//! serving. Either way the outcome is logged (naming file and field) and
+//! shown on `/status`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use snapshot::status::ObjectRef;
+use snapshot::{Inputs, Translation, translate};
+
+use crate::metrics::ReloadOutcome;
+use crate::state::{Gateway, ObjectReport, ReloadReport, Report, now_rfc3339};
+
+/// A folder's content, compiled.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The translation of every object that loaded.
+    pub translation: Translation,
+    /// Files that could not be read or parsed: `file: document N: message`.
+    pub load_errors: Vec<String>,
+    /// Which file each object came from.
+    pub origins: BTreeMap<ObjectRef, String>,
+}
+
+impl Loaded {
+    /// Objects with a False condition.
+    fn bad_objects(&self) -> BTreeSet<ObjectRef> {
+        self.translation.problems().map(|s| s.object.clone()).collect()
+    }
+
+    /// Problems, one line each, naming the file.
+    pub fn problem_lines(&self) -> Vec<String> {
+        let mut lines = self.load_errors.clone();
+        for status in self.translation.problems() {
+            let file = self.origins.get(&status.object).map(String::as_str).unwrap_or("?");
+            for c in status.conditions.iter().filter(|c| c.is_false()) {
+                lines.push(format!("{file}: {}: {}={:?} {}: {}", status.object, c.kind, c.status, c.reason, c.message));
+            }
+        }
+        lines
+    }
+}
+
+/// The YAML files of a folder, sorted.
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// What changes when a file changes: names, sizes and modification times.
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    yaml_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (p, len, modified)
+        })
+        .collect()
+}
+
+/// Reads, parses and compiles a folder.
+pub fn load(dir: &Path) -> Loaded {
+    let mut inputs = Inputs::default();
+    let mut load_errors = Vec::new();
+    let mut origins = BTreeMap::new();
+    match yaml_files(dir) {
+        Err(e) => load_errors.push(format!("{}: cannot read the folder: {e}", dir.display())),
+        Ok(files) => {
+            if files.is_empty() {
+                load_errors.push(format!("{}: no .yaml or .yml files", dir.display()));
+            }
+            for file in files {
+                let name = file.display().to_string();
+                let text = match std::fs::read_to_string(&file) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        load_errors.push(format!("{name}: cannot read: {e}"));
+                        continue;
+                    }
+                };
+                let mut one = Inputs::default();
+                match one.load_yaml(&name, &text) {
+                    Ok(_) => {
+                        for object in object_refs(&one) {
+                            origins.insert(object, name.clone());
+                        }
+                        inputs.extend(one);
+                    }
+                    Err(e) => load_errors.push(e.to_string()),
+                }
+            }
+        }
+    }
+    Loaded { translation: translate(&inputs), load_errors, origins }
+}
+
+fn object_refs(inputs: &Inputs) -> Vec<ObjectRef> {
+    fn refs<'a, T: 'a>(
+        kind: &str,
+        items: &'a [T],
+        meta: impl Fn(&'a T) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Vec<ObjectRef> {
+        items
+            .iter()
+            .map(|i| {
+                let m = meta(i);
+                ObjectRef::new(kind, m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+            })
+            .collect()
+    }
+    let mut out = refs("Tenant", &inputs.tenants, |t| &t.metadata);
+    out.extend(refs("ApiRoute", &inputs.routes, |r| &r.metadata));
+    out.extend(refs("Subscription", &inputs.subscriptions, |s| &s.metadata));
+    out.extend(refs("AiProvider", &inputs.providers, |p| &p.metadata));
+    out.extend(refs("Ingress", &inputs.ingresses, |i| &i.metadata));
+    out.extend(refs("Secret", &inputs.secrets, |s| &s.metadata));
+    out.extend(refs("Service", &inputs.services, |s| &s.metadata));
+    out
+}
+
+/// Decides whether to install a load, installs it if so, and updates the
+/// report. Returns whether it was installed.
+pub fn apply(gateway: &Gateway, loaded: &Loaded) -> bool {
+    let previous = gateway.report.load_full();
+    let serving_bad: BTreeSet<ObjectRef> =
+        previous.statuses.iter().filter(|s| s.status.has_false()).map(|s| s.status.object.clone()).collect();
+    let first = !gateway.is_ready();
+    let worse = !loaded.load_errors.is_empty() || loaded.bad_objects().difference(&serving_bad).next().is_some();
+    let unchanged = gateway.current.load().as_ref().is_some_and(|c| *c.version == loaded.translation.snapshot.version);
+    let problems = loaded.problem_lines();
+    // At start-up there is no last good config: serve what compiles.
+    let install = first || !worse;
+    let outcome = if !install {
+        "rejected"
+    } else if unchanged {
+        "unchanged"
+    } else {
+        "installed"
+    };
+    if install && !unchanged {
+        gateway.install(&loaded.translation);
+        gateway.metrics.reload(ReloadOutcome::Installed);
+    } else if !install {
+        gateway.metrics.reload(ReloadOutcome::Rejected);
+    }
+    for line in &problems {
+        eprintln!("sluice-proxy: config problem: {line}");
+    }
+    match outcome {
+        "rejected" => eprintln!(
+            "sluice-proxy: config change rejected; still serving snapshot {}",
+            previous.version.as_deref().unwrap_or("(none)")
+        ),
+        "installed" => eprintln!(
+            "sluice-proxy: serving snapshot {} ({} routes)",
+            loaded.translation.snapshot.version,
+            loaded.translation.snapshot.routes.len()
+        ),
+        _ => {}
+    }
+    let reload = ReloadReport { at: now_rfc3339(), outcome, problems: if install { Vec::new() } else { problems } };
+    let report = if install {
+        Report {
+            source: previous.source.clone(),
+            version: Some(loaded.translation.snapshot.version.clone()),
+            installed_at: if unchanged { previous.installed_at.clone() } else { Some(now_rfc3339()) },
+            last_reload: Some(reload),
+            load_errors: loaded.load_errors.clone(),
+            statuses: loaded
+                .translation
+                .statuses
+                .iter()
+                .map(|s| ObjectReport { file: loaded.origins.get(&s.object).cloned(), status: s.clone() })
+                .collect(),
+        }
+    } else {
+        Report { last_reload: Some(reload), ..(*previous).clone() }
+    };
+    gateway.report.store(Arc::new(report));
+    install
+}
+
+/// Watches a folder on a thread of its own until `stop` is set.
+pub fn watch(
+    gateway: Arc<Gateway>,
+    dir: PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let shown = dir.display().to_string();
+    std::thread::Builder::new()
+        .name("sluice-config".into())
+        .spawn(move || {
+            let mut seen = fingerprint(&dir);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                let now = fingerprint(&dir);
+                if now != seen {
+                    seen = now;
+                    apply(&gateway, &load(&dir));
+                }
+            }
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("sluice-proxy: cannot watch {shown}: {e}");
+            std::thread::spawn(|| {})
+        })
+}

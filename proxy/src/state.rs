@@ -1,0 +1,241 @@
+//! The gateway's shared state: the installed snapshot (compiled for
+//! serving) behind an atomic pointer, the status report, metrics, and the
+//! upstream pools that outlive snapshots.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde::Serialize;
+use snapshot::{Backend, Snapshot, Translation};
+
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::router::Router;
+use crate::stages::{self, Stage};
+use crate::tls::Certificates;
+use crate::upstream::{UpstreamSet, Upstreams};
+
+/// Request limits enforced before routing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body, bytes.
+    pub max_body_bytes: u64,
+    /// Largest request head (request line and headers), bytes.
+    pub max_header_bytes: usize,
+    /// Time allowed to read a request head, ms.
+    pub header_read_timeout_ms: u64,
+    /// Grace period for in-flight requests at shutdown, ms.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+/// How a route's requests are answered.
+#[derive(Debug)]
+pub enum BackendRuntime {
+    /// A fixed answer.
+    Direct {
+        /// Status.
+        status: StatusCode,
+        /// Headers.
+        headers: HeaderMap,
+        /// Body.
+        body: Bytes,
+    },
+    /// Load-balanced upstreams.
+    Upstreams(Box<UpstreamSet>),
+    /// AI models (served by the AI gateway, a later piece of this proxy).
+    Ai,
+}
+
+/// One route, ready to serve.
+#[derive(Debug)]
+pub struct RouteRuntime {
+    /// Route id.
+    pub id: Arc<str>,
+    /// Owning tenant.
+    pub tenant: Option<Arc<str>>,
+    /// Stages in waterfall order.
+    pub stages: Vec<Box<dyn Stage>>,
+    /// The backend.
+    pub backend: BackendRuntime,
+    /// Whether the backend retries (so small bodies are buffered).
+    pub retries: bool,
+    /// Metric handles.
+    pub metrics: RouteMetrics,
+}
+
+/// A snapshot compiled for serving.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The snapshot.
+    pub snapshot: Arc<Snapshot>,
+    /// Its version.
+    pub version: Arc<str>,
+    /// The routing table.
+    pub router: Router,
+    /// Routes, indexed like `snapshot.routes`.
+    pub routes: Vec<RouteRuntime>,
+    /// Handles for requests no route matched.
+    pub unrouted: RouteMetrics,
+    /// TLS certificates by SNI.
+    pub certificates: Certificates,
+}
+
+impl Compiled {
+    /// Compiles a snapshot, reusing the pools and endpoint states in
+    /// `upstreams`.
+    pub fn new(snapshot: Arc<Snapshot>, upstreams: &Upstreams, metrics: &Metrics) -> Compiled {
+        let routes = snapshot
+            .routes
+            .iter()
+            .map(|route| {
+                let backend = match &route.backend {
+                    Backend::Direct(d) => {
+                        let mut headers = HeaderMap::new();
+                        for h in &d.headers {
+                            if let (Ok(n), Ok(v)) =
+                                (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_str(&h.value))
+                            {
+                                headers.append(n, v);
+                            }
+                        }
+                        BackendRuntime::Direct {
+                            status: StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK),
+                            headers,
+                            body: Bytes::from(d.body.clone()),
+                        }
+                    }
+                    Backend::Upstreams { groups } => {
+                        BackendRuntime::Upstreams(Box::new(upstreams.compile(groups, &route.traffic)))
+                    }
+                    Backend::Ai(_) => BackendRuntime::Ai,
+                };
+                RouteRuntime {
+                    id: Arc::from(route.id.as_str()),
+                    tenant: route.tenant.as_deref().map(Arc::from),
+                    stages: stages::compile(route),
+                    backend,
+                    retries: route.traffic.retries.as_ref().is_some_and(|r| r.attempts > 0),
+                    metrics: metrics.route(&route.id),
+                }
+            })
+            .collect();
+        let keep: HashSet<String> = snapshot
+            .routes
+            .iter()
+            .flat_map(|r| match &r.backend {
+                Backend::Upstreams { groups } => groups.iter().flat_map(|g| g.endpoints.clone()).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        upstreams.retain_endpoints(&keep);
+        Compiled {
+            version: Arc::from(snapshot.version.as_str()),
+            router: Router::new(&snapshot.routes, &snapshot.reserved_hosts),
+            routes,
+            unrouted: metrics.route(""),
+            certificates: Certificates::new(&snapshot.certificates),
+            snapshot,
+        }
+    }
+}
+
+/// What `/status` shows.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Where the config comes from.
+    pub source: String,
+    /// Version of the snapshot being served.
+    pub version: Option<String>,
+    /// When it was installed (RFC 3339).
+    pub installed_at: Option<String>,
+    /// The last reload attempt: what happened.
+    pub last_reload: Option<ReloadReport>,
+    /// Files that could not be loaded, in the config being served or in
+    /// the rejected attempt.
+    pub load_errors: Vec<String>,
+    /// Every object's conditions in the config being served.
+    pub statuses: Vec<ObjectReport>,
+}
+
+/// A reload attempt.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    /// When (RFC 3339).
+    pub at: String,
+    /// `installed`, `unchanged` or `rejected`.
+    pub outcome: &'static str,
+    /// Why, for a rejection.
+    pub problems: Vec<String>,
+}
+
+/// One object's conditions, and the file it came from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectReport {
+    /// The file, when known.
+    pub file: Option<String>,
+    /// The status.
+    #[serde(flatten)]
+    pub status: snapshot::status::ObjectStatus,
+}
+
+/// Everything the workers share.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The snapshot being served.
+    pub current: ArcSwapOption<Compiled>,
+    /// The `/status` report.
+    pub report: ArcSwap<Report>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Pools and endpoint health.
+    pub upstreams: Upstreams,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl Gateway {
+    /// A gateway with nothing installed.
+    pub fn new(limits: Limits, source: impl Into<String>) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            current: ArcSwapOption::empty(),
+            report: ArcSwap::from_pointee(Report { source: source.into(), ..Report::default() }),
+            metrics: Metrics::default(),
+            upstreams: Upstreams::default(),
+            limits,
+        })
+    }
+
+    /// Compiles and installs a translation's snapshot. In-flight requests
+    /// finish on the snapshot they started with.
+    pub fn install(&self, translation: &Translation) -> Arc<Compiled> {
+        let compiled = Arc::new(Compiled::new(Arc::new(translation.snapshot.clone()), &self.upstreams, &self.metrics));
+        self.current.store(Some(compiled.clone()));
+        compiled
+    }
+
+    /// Whether a snapshot is installed.
+    pub fn is_ready(&self) -> bool {
+        self.current.load().is_some()
+    }
+}
+
+/// Now, as RFC 3339.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}

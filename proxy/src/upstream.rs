@@ -1,0 +1,521 @@
+//! Calling upstreams: pooled keep-alive clients, the load-balanced pick,
+//! retries with a budget, timeouts and passive health.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crds::{LoadBalancerPolicy, RetryOn};
+use http::{HeaderName, HeaderValue, Request, Response, Uri, Version, header, request};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use snapshot::{PassiveHealthPolicy, RetryPolicy, TrafficPolicy, UpstreamGroup};
+
+use crate::balance::{self, EndpointState, PickInput};
+use crate::body::{RequestBody, is_length_limit};
+use crate::errors::ProxyError;
+use crate::exchange::Exchange;
+
+/// A pooled client (HTTP/1.1, or HTTP/2 when TLS negotiates it).
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// Milliseconds since the proxy started: the clock of ejections.
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// A small, fast per-thread random source (xorshift), for load balancing
+/// and back-off jitter. Not for anything secret.
+pub fn random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+            let local = 0u8;
+            t ^ (std::ptr::addr_of!(local) as u64).rotate_left(32) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+/// Clients and endpoint states that outlive snapshots, so connection pools
+/// and passive health survive config reloads.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    clients: Mutex<HashMap<(u64, u64, bool), HttpClient>>,
+    endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
+}
+
+impl Upstreams {
+    /// The client for these timeouts (`h2c`: HTTP/2 without TLS, for gRPC).
+    fn client(&self, connect_ms: u64, idle_ms: u64, h2c: bool) -> HttpClient {
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients.entry((connect_ms, idle_ms, h2c)).or_insert_with(|| build_client(connect_ms, idle_ms, h2c)).clone()
+    }
+
+    fn endpoint(&self, address: &str) -> Arc<EndpointState> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        endpoints.entry(address.to_owned()).or_insert_with(|| Arc::new(EndpointState::new(address))).clone()
+    }
+
+    /// Forgets endpoints no snapshot uses any more.
+    pub fn retain_endpoints(&self, keep: &std::collections::HashSet<String>) {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        endpoints.retain(|address, _| keep.contains(address));
+    }
+
+    /// Compiles one route's upstreams.
+    pub fn compile(&self, groups: &[UpstreamGroup], traffic: &TrafficPolicy) -> UpstreamSet {
+        let groups: Vec<Group> = groups
+            .iter()
+            .map(|g| Group {
+                name: Arc::from(g.name.as_str()),
+                weight: g.weight,
+                tls: g.tls,
+                host: g.host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+                path_prefix: g.path_prefix.clone(),
+                endpoints: g.endpoints.iter().map(|e| self.endpoint(e)).collect(),
+            })
+            .collect();
+        UpstreamSet {
+            total_weight: groups.iter().map(|g| u64::from(g.weight)).sum(),
+            groups,
+            policy: traffic.load_balancer,
+            hash_header: traffic.hash_header.as_deref().and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            request_timeout: Duration::from_millis(traffic.request_timeout_ms),
+            retries: traffic.retries.clone(),
+            health: traffic.passive_health.clone(),
+            budget: RetryBudget::default(),
+            client: self.client(traffic.connect_timeout_ms, traffic.idle_timeout_ms, false),
+            h2c: self.client(traffic.connect_timeout_ms, traffic.idle_timeout_ms, true),
+            counter: AtomicU64::new(0),
+        }
+    }
+}
+
+fn build_client(connect_ms: u64, idle_ms: u64, h2c: bool) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(Duration::from_millis(connect_ms)));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    let builder = match tls {
+        Ok(config) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
+        // The ring provider supports the default versions; this cannot fail.
+        Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+    };
+    let connector = builder.https_or_http().enable_http1().enable_http2().wrap_connector(http);
+    let mut client = Client::builder(TokioExecutor::new());
+    client.pool_idle_timeout(Duration::from_millis(idle_ms)).pool_max_idle_per_host(1024);
+    if h2c {
+        client.http2_only(true);
+    }
+    client.build(connector)
+}
+
+/// A retry budget: each request deposits `budget_percent`% of a retry,
+/// each retry withdraws one. It starts with 10 retries and holds at most
+/// 100, so retries cannot multiply an outage's load.
+#[derive(Debug)]
+pub struct RetryBudget {
+    /// Balance in thousandths of a retry.
+    balance: AtomicI64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget { balance: AtomicI64::new(10_000) }
+    }
+}
+
+impl RetryBudget {
+    fn deposit(&self, percent: u32) {
+        let _ = self
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some((b + i64::from(percent) * 10).min(100_000)));
+    }
+
+    fn withdraw(&self) -> bool {
+        self.balance.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| (b >= 1_000).then_some(b - 1_000)).is_ok()
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    name: Arc<str>,
+    weight: u32,
+    tls: bool,
+    host: Option<HeaderValue>,
+    path_prefix: String,
+    endpoints: Vec<Arc<EndpointState>>,
+}
+
+/// One route's upstreams and traffic policy.
+#[derive(Debug)]
+pub struct UpstreamSet {
+    groups: Vec<Group>,
+    total_weight: u64,
+    policy: LoadBalancerPolicy,
+    hash_header: Option<HeaderName>,
+    request_timeout: Duration,
+    retries: Option<RetryPolicy>,
+    health: Option<PassiveHealthPolicy>,
+    budget: RetryBudget,
+    client: HttpClient,
+    h2c: HttpClient,
+    counter: AtomicU64,
+}
+
+/// A request body in a form that can be sent (again).
+#[derive(Debug)]
+pub enum Payload {
+    /// No body: any number of tries.
+    Empty,
+    /// A small buffered body: any number of tries.
+    Buffered(Bytes),
+    /// A streamed body: one try.
+    Stream(Option<RequestBody>),
+}
+
+impl Payload {
+    fn take(&mut self) -> Option<RequestBody> {
+        match self {
+            Payload::Empty => Some(RequestBody::Empty),
+            Payload::Buffered(b) => Some(RequestBody::Full(Full::new(b.clone()))),
+            Payload::Stream(s) => s.take(),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        !matches!(self, Payload::Stream(_))
+    }
+}
+
+enum Failure {
+    Connect(String),
+    Reset(String),
+    Timeout(u64),
+    Status(u16),
+    BodyTooLarge,
+}
+
+/// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header
+/// names. `Upgrade` is kept only for upgrade requests.
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+impl UpstreamSet {
+    /// Sends the request upstream: picks a group by weight and an endpoint
+    /// by policy, then tries (and retries) within the request timeout.
+    pub async fn call(
+        &self,
+        ex: &mut Exchange,
+        parts: &request::Parts,
+        mut payload: Payload,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let deadline = Instant::now() + self.request_timeout;
+        let group = match balance::pick_weighted(
+            &self.groups.iter().map(|g| g.weight).collect::<Vec<_>>(),
+            if self.total_weight == 0 { 0 } else { random() % self.total_weight },
+        ) {
+            Some(i) => &self.groups[i],
+            None => {
+                let name = self.groups.first().map(|g| g.name.to_string()).unwrap_or_default();
+                return Err(ProxyError::NoHealthyEndpoint { upstream: name });
+            }
+        };
+        ex.upstream = Some(group.name.clone());
+        if let Some(retries) = &self.retries {
+            self.budget.deposit(retries.budget_percent);
+        }
+        let max_tries = 1 + self.retries.as_ref().filter(|_| payload.replayable()).map_or(0, |r| r.attempts);
+        let hash = self.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| balance::fnv1a(v.as_bytes()));
+        let h2c = parts.version == Version::HTTP_2 && !group.tls && is_grpc(parts);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut try_number = 0;
+        loop {
+            try_number += 1;
+            let input = PickInput {
+                policy: self.policy,
+                counter: self.counter.fetch_add(1, Ordering::Relaxed),
+                random: random(),
+                hash,
+                now_ms: now_ms(),
+            };
+            let index = balance::pick(&group.endpoints, input, &tried)
+                .or_else(|| balance::pick(&group.endpoints, input, &[]))
+                .ok_or_else(|| ProxyError::NoHealthyEndpoint { upstream: group.name.to_string() })?;
+            tried.push(index);
+            let endpoint = &group.endpoints[index];
+            let Some(body) = payload.take() else {
+                return Err(ProxyError::UpstreamUnreachable {
+                    upstream: group.name.to_string(),
+                    detail: "the request body was already sent".into(),
+                });
+            };
+            let request = self.build_request(ex, parts, group, endpoint, body, h2c, upgrade)?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let per_try = self
+                .retries
+                .as_ref()
+                .and_then(|r| r.per_try_timeout_ms)
+                .map(Duration::from_millis)
+                .map_or(remaining, |t| t.min(remaining));
+            let client = if h2c { &self.h2c } else { &self.client };
+            endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+            let sent = Instant::now();
+            let outcome = tokio::time::timeout(per_try, client.request(request)).await;
+            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            ex.upstream_latency = Some(sent.elapsed());
+            let failure = match outcome {
+                Ok(Ok(response)) => {
+                    let status = response.status().as_u16();
+                    if status >= 500 {
+                        self.record_failure(group, endpoint);
+                    } else {
+                        self.record_success(endpoint);
+                    }
+                    let retry = self.retry_allowed(&Failure::Status(status), try_number, max_tries, deadline);
+                    if !retry {
+                        return Ok(response);
+                    }
+                    Failure::Status(status)
+                }
+                Ok(Err(err)) => {
+                    let failure = classify(&err);
+                    if !matches!(failure, Failure::BodyTooLarge) {
+                        self.record_failure(group, endpoint);
+                    }
+                    failure
+                }
+                Err(_) => {
+                    self.record_failure(group, endpoint);
+                    Failure::Timeout(per_try.as_millis() as u64)
+                }
+            };
+            if !self.retry_allowed(&failure, try_number, max_tries, deadline) {
+                return Err(match failure {
+                    Failure::Connect(detail) | Failure::Reset(detail) => {
+                        ProxyError::UpstreamUnreachable { upstream: group.name.to_string(), detail }
+                    }
+                    Failure::Timeout(ms) => {
+                        ProxyError::UpstreamTimeout { upstream: group.name.to_string(), timeout_ms: ms }
+                    }
+                    Failure::BodyTooLarge => ProxyError::BodyTooLarge { limit: 0 },
+                    Failure::Status(status) => ProxyError::UpstreamUnreachable {
+                        upstream: group.name.to_string(),
+                        detail: format!("answered {status}"),
+                    },
+                });
+            }
+            if let Some(r) = &self.retries {
+                let backoff = r.backoff_ms.saturating_mul(1 << (try_number - 1).min(6));
+                let jitter = if backoff == 0 { 0 } else { random() % backoff };
+                let wait = Duration::from_millis(backoff / 2 + jitter / 2);
+                if Instant::now() + wait >= deadline {
+                    return Err(ProxyError::UpstreamTimeout {
+                        upstream: group.name.to_string(),
+                        timeout_ms: self.request_timeout.as_millis() as u64,
+                    });
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    fn retry_allowed(&self, failure: &Failure, try_number: u32, max_tries: u32, deadline: Instant) -> bool {
+        let Some(retries) = &self.retries else { return false };
+        if try_number >= max_tries || Instant::now() >= deadline {
+            return false;
+        }
+        let on = |c: RetryOn| retries.on.contains(&c);
+        let wanted = match failure {
+            Failure::Connect(_) => on(RetryOn::ConnectFailure),
+            Failure::Reset(_) => on(RetryOn::Reset),
+            Failure::Timeout(_) => on(RetryOn::Timeout),
+            Failure::Status(s) => {
+                on(RetryOn::Status5xx) && *s >= 500
+                    || on(RetryOn::GatewayError) && matches!(s, 502..=504)
+                    || on(RetryOn::Status429) && *s == 429
+            }
+            Failure::BodyTooLarge => false,
+        };
+        wanted && self.budget.withdraw()
+    }
+
+    fn record_success(&self, endpoint: &EndpointState) {
+        if self.health.is_some() {
+            endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+            endpoint.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn record_failure(&self, group: &Group, endpoint: &EndpointState) {
+        let Some(health) = &self.health else { return };
+        let failures = endpoint.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < health.consecutive_failures {
+            return;
+        }
+        let now = now_ms();
+        let ejected = group.endpoints.iter().filter(|e| !e.is_available(now)).count();
+        // As Envoy does: eject while the ejected share is below the maximum,
+        // so at least one endpoint can always be ejected.
+        if ejected * 100 >= health.max_ejection_percent as usize * group.endpoints.len() {
+            return;
+        }
+        let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed).min(4);
+        let duration = health.base_ejection_ms.saturating_mul(1 << times);
+        endpoint.ejected_until_ms.store(now + duration, Ordering::Relaxed);
+        endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_request(
+        &self,
+        ex: &Exchange,
+        parts: &request::Parts,
+        group: &Group,
+        endpoint: &EndpointState,
+        body: RequestBody,
+        h2c: bool,
+        upgrade: bool,
+    ) -> Result<Request<RequestBody>, ProxyError> {
+        let scheme = if group.tls { "https" } else { "http" };
+        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri: Uri = format!("{scheme}://{}{}{}", endpoint.address, group.path_prefix, path_and_query)
+            .parse()
+            .map_err(|_| ProxyError::BadRequest(format!("cannot forward the path {path_and_query:?}")))?;
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
+        let headers = request.headers_mut();
+        *headers = parts.headers.clone();
+        strip_hop_by_hop(headers, upgrade);
+        if upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        if parts.version == Version::HTTP_2 && is_grpc(parts) {
+            // gRPC needs trailers, so TE: trailers passes through.
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        forwarding_headers(ex, parts.version, headers);
+        match &group.host {
+            Some(host) => {
+                headers.insert(header::HOST, host.clone());
+            }
+            None => {
+                if !headers.contains_key(header::HOST)
+                    && let Some(authority) = &ex.authority
+                {
+                    headers.insert(header::HOST, authority.clone());
+                }
+            }
+        }
+        Ok(request)
+    }
+}
+
+fn is_grpc(parts: &request::Parts) -> bool {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Sets `X-Forwarded-For/Proto/Host`, `Via` and `x-request-id`.
+pub fn forwarding_headers(ex: &Exchange, version: Version, headers: &mut http::HeaderMap) {
+    let client_ip = ex.client.ip().to_string();
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.is_empty() => format!("{prior}, {client_ip}"),
+        _ => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(xff, v);
+    }
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(ex.scheme));
+    if let Some(authority) = &ex.authority {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), authority.clone());
+    }
+    let via = match version {
+        Version::HTTP_2 => "2 sluice",
+        Version::HTTP_10 => "1.0 sluice",
+        _ => "1.1 sluice",
+    };
+    headers.append(header::VIA, HeaderValue::from_static(via));
+    if let Ok(v) = HeaderValue::from_str(&ex.request_id) {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+}
+
+fn classify(err: &hyper_util::client::legacy::Error) -> Failure {
+    if is_length_limit(err) {
+        return Failure::BodyTooLarge;
+    }
+    let detail = error_chain(err);
+    if err.is_connect() { Failure::Connect(detail) } else { Failure::Reset(detail) }
+}
+
+/// An error and its causes, as one line.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut current = err.source();
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        current = e.source();
+    }
+    out
+}
