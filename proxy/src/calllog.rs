@@ -11,6 +11,15 @@ use serde::Serialize;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
+/// Where batches go instead of stdout, when set (tests read the lines).
+static CAPTURE: std::sync::OnceLock<std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+
+/// Sends every later batch to memory instead of stdout; returns what was
+/// captured so far. For tests.
+pub fn capture() -> Vec<u8> {
+    CAPTURE.get_or_init(|| std::sync::Mutex::new(Vec::new())).lock().map(|b| b.clone()).unwrap_or_default()
+}
+
 /// Turns the call log on or off (for benchmarks against servers with
 /// their access logs off).
 pub fn set_enabled(enabled: bool) {
@@ -89,6 +98,13 @@ pub fn flush() {
 
 fn drain(buffer: &mut Vec<u8>) {
     if buffer.is_empty() {
+        return;
+    }
+    if let Some(capture) = CAPTURE.get() {
+        if let Ok(mut captured) = capture.lock() {
+            captured.extend_from_slice(buffer);
+        }
+        buffer.clear();
         return;
     }
     let mut out = std::io::stdout().lock();

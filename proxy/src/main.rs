@@ -106,6 +106,7 @@ fn main() -> ExitCode {
     }
     calllog::set_enabled(args.call_log);
     let gateway = Gateway::new(args.limits, format!("standalone:{}", args.config_dir.display()));
+    let seen = standalone::fingerprint(&args.config_dir);
     standalone::apply(&gateway, &standalone::load(&args.config_dir));
 
     let running = match sluice_proxy::start(gateway.clone(), &args.server) {
@@ -124,7 +125,7 @@ fn main() -> ExitCode {
     eprintln!("sluice-proxy: admin on http://{}", running.admin);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = standalone::watch(gateway, args.config_dir.clone(), stop.clone());
+    let watcher = standalone::watch(gateway, args.config_dir.clone(), seen, stop.clone());
 
     if let Err(e) = wait_for_signal() {
         eprintln!("sluice-proxy: cannot wait for signals: {e}");

@@ -123,6 +123,11 @@ async fn run(
         None => match backend(gateway, route, ex, &mut parts, body).await {
             Ok(response) => response,
             Err(error) => {
+                let error = match error {
+                    // The upstream call does not know the limit; the gateway does.
+                    ProxyError::BodyTooLarge { .. } => ProxyError::BodyTooLarge { limit },
+                    other => other,
+                };
                 if let Some(upstream) = &ex.upstream
                     && matches!(error.source_side(), crate::errors::ErrorSource::Upstream)
                 {

@@ -62,7 +62,10 @@ pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// What changes when a file changes: names, sizes and modification times.
-pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// The folder's fingerprint now.
+pub fn fingerprint(dir: &Path) -> Fingerprint {
     yaml_files(dir)
         .unwrap_or_default()
         .into_iter()
@@ -197,17 +200,20 @@ pub fn apply(gateway: &Gateway, loaded: &Loaded) -> bool {
     install
 }
 
-/// Watches a folder on a thread of its own until `stop` is set.
+/// Watches a folder on a thread of its own until `stop` is set. `seen` is
+/// the fingerprint taken before the config being served was loaded, so a
+/// change made in between is not missed.
 pub fn watch(
     gateway: Arc<Gateway>,
     dir: PathBuf,
+    seen: Fingerprint,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     let shown = dir.display().to_string();
     std::thread::Builder::new()
         .name("sluice-config".into())
         .spawn(move || {
-            let mut seen = fingerprint(&dir);
+            let mut seen = seen;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
                 let now = fingerprint(&dir);

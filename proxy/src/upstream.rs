@@ -322,11 +322,14 @@ impl UpstreamSet {
                     } else {
                         self.record_success(endpoint);
                     }
-                    let retry = self.retry_allowed(&Failure::Status(status), try_number, max_tries, deadline);
-                    if !retry {
+                    // NB: a retryable status that cannot be retried (no tries or
+                    // budget left) is the upstream's own answer, passed on.
+                    if !self.retry_allowed(&Failure::Status(status), try_number, max_tries, deadline) {
                         return Ok(response);
                     }
-                    Failure::Status(status)
+                    drop(response);
+                    self.back_off(try_number, deadline, group).await?;
+                    continue;
                 }
                 Ok(Err(err)) => {
                     let failure = classify(&err);
@@ -355,19 +358,25 @@ impl UpstreamSet {
                     },
                 });
             }
-            if let Some(r) = &self.retries {
-                let backoff = r.backoff_ms.saturating_mul(1 << (try_number - 1).min(6));
-                let jitter = if backoff == 0 { 0 } else { random() % backoff };
-                let wait = Duration::from_millis(backoff / 2 + jitter / 2);
-                if Instant::now() + wait >= deadline {
-                    return Err(ProxyError::UpstreamTimeout {
-                        upstream: group.name.to_string(),
-                        timeout_ms: self.request_timeout.as_millis() as u64,
-                    });
-                }
-                tokio::time::sleep(wait).await;
-            }
+            self.back_off(try_number, deadline, group).await?;
         }
+    }
+
+    /// Waits before the next try: the base back-off doubled per try, with
+    /// jitter, never past the deadline.
+    async fn back_off(&self, try_number: u32, deadline: Instant, group: &Group) -> Result<(), ProxyError> {
+        let Some(r) = &self.retries else { return Ok(()) };
+        let backoff = r.backoff_ms.saturating_mul(1 << (try_number - 1).min(6));
+        let jitter = if backoff == 0 { 0 } else { random() % backoff };
+        let wait = Duration::from_millis(backoff / 2 + jitter / 2);
+        if Instant::now() + wait >= deadline {
+            return Err(ProxyError::UpstreamTimeout {
+                upstream: group.name.to_string(),
+                timeout_ms: self.request_timeout.as_millis() as u64,
+            });
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
     }
 
     fn retry_allowed(&self, failure: &Failure, try_number: u32, max_tries: u32, deadline: Instant) -> bool {

@@ -95,8 +95,13 @@ impl Inputs {
     fn add_value(&mut self, source_name: &str, document: usize, value: serde_yaml::Value) -> Result<usize, LoadError> {
         let parse_err = |message: String| LoadError::Parse { source_name: source_name.to_owned(), document, message };
         let meta = TypeMeta::deserialize(&value).map_err(|err| parse_err(err.to_string()))?;
+        // NB: serde_yaml forgets field paths once a document is a Value;
+        // serde_path_to_error puts them back ("spec.backend.services[0].port: ...").
         fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, String> {
-            serde_yaml::from_value(value).map_err(|err| err.to_string())
+            serde_path_to_error::deserialize(value).map_err(|err| {
+                let path = err.path().to_string();
+                if path == "." { err.inner().to_string() } else { format!("{path}: {}", err.inner()) }
+            })
         }
         match (meta.api_version.as_str(), meta.kind.as_str()) {
             ("v1", "List") => {
