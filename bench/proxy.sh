@@ -19,6 +19,7 @@
 #   SLUICE_BIN=PATH   use this binary (implies no build)
 #   KEEP_TMP=1        keep the temp dir (configs, logs, raw wrk output)
 #   QUIET_MAX=10      warn when a CPU is busier than this % before a round
+#   SLUICE_CALL_LOG=off  sluice's JSON call log (on|off; the peers log nothing)
 #
 # Exit status: 0 when every target ran, 1 when one (e.g. sluice) was not
 # available, 2 on a setup error.
@@ -351,8 +352,11 @@ spec:
     upstreams:
       - url: http://127.0.0.1:$UPSTREAM_PORT
 EOF
+  # The call log is off like nginx's and HAProxy's access logs here;
+  # SLUICE_CALL_LOG=on measures it too (written to the log file).
   start sluice "$PROXY_CPU" "$dir/sluice.log" "$SLUICE_BIN" --config-dir "$dir/config" \
-    --listen "127.0.0.1:$SLUICE_PORT" --admin "127.0.0.1:$SLUICE_ADMIN_PORT" --workers 1
+    --listen "127.0.0.1:$SLUICE_PORT" --admin "127.0.0.1:$SLUICE_ADMIN_PORT" --workers 1 \
+    --call-log "${SLUICE_CALL_LOG:-off}"
   URL[sluice]=http://127.0.0.1:$SLUICE_PORT/
   local why
   if ! why=$(wait_http sluice "http://127.0.0.1:$SLUICE_ADMIN_PORT/readyz" "" 30); then

@@ -8,10 +8,10 @@ use crds::LoadBalancerPolicy;
 
 /// Live state of one upstream endpoint, shared by every snapshot that
 /// names the same address (so health survives config reloads).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EndpointState {
     /// `host:port`.
-    pub address: String,
+    pub address: std::sync::Arc<str>,
     /// Requests in flight.
     pub in_flight: AtomicU32,
     /// Failures in a row.
@@ -24,8 +24,14 @@ pub struct EndpointState {
 
 impl EndpointState {
     /// A new, healthy endpoint.
-    pub fn new(address: impl Into<String>) -> Self {
-        EndpointState { address: address.into(), ..EndpointState::default() }
+    pub fn new(address: &str) -> Self {
+        EndpointState {
+            address: std::sync::Arc::from(address),
+            in_flight: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
     }
 
     /// Whether the endpoint may take traffic at `now_ms`.
@@ -122,7 +128,7 @@ mod tests {
     use super::*;
 
     fn endpoints(n: usize) -> Vec<Arc<EndpointState>> {
-        (0..n).map(|i| Arc::new(EndpointState::new(format!("10.0.0.{i}:80")))).collect()
+        (0..n).map(|i| Arc::new(EndpointState::new(&format!("10.0.0.{i}:80")))).collect()
     }
 
     fn input(policy: LoadBalancerPolicy) -> PickInput {

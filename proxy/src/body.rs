@@ -70,6 +70,22 @@ pub enum ResponseBody {
     Full(Full<Bytes>),
     /// Streamed from the upstream.
     Upstream(Incoming),
+    /// Streamed from a pooled upstream connection, which goes back to the
+    /// pool when the body has ended.
+    Pooled(Incoming, Option<crate::pool::Checkin>),
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // A body that ended without being polled to the end (HEAD, 204,
+        // 304, or an empty body) still frees its connection.
+        if let ResponseBody::Pooled(body, checkin) = self
+            && body.is_end_stream()
+            && let Some(checkin) = checkin.take()
+        {
+            checkin.put();
+        }
+    }
 }
 
 impl ResponseBody {
@@ -87,20 +103,37 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Pooled(b, checkin) => {
+                let polled = Pin::new(&mut *b).poll_frame(cx).map_err(Into::into);
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => b.is_end_stream(),
+                    Poll::Ready(Some(Err(_))) => {
+                        // A broken body: the connection is not reused.
+                        checkin.take();
+                        false
+                    }
+                    Poll::Pending => false,
+                };
+                if ended && let Some(checkin) = checkin.take() {
+                    checkin.put();
+                }
+                polled
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(b) => b.is_end_stream(),
-            ResponseBody::Upstream(b) => b.is_end_stream(),
+            ResponseBody::Upstream(b) | ResponseBody::Pooled(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Full(b) => b.size_hint(),
-            ResponseBody::Upstream(b) => b.size_hint(),
+            ResponseBody::Upstream(b) | ResponseBody::Pooled(b, _) => b.size_hint(),
         }
     }
 }

@@ -11,8 +11,12 @@ use http::HeaderValue;
 pub struct Exchange {
     /// `x-request-id`: the client's, or one made here.
     pub request_id: String,
+    /// `x-request-id` as a header value (made once, sent up and back).
+    pub request_id_value: HeaderValue,
     /// The client's address.
     pub client: SocketAddr,
+    /// The client's IP as a header value (made once per connection).
+    pub client_ip: HeaderValue,
     /// `http` or `https`, as the client connected.
     pub scheme: &'static str,
     /// Host the request was for: lower-case, without port.

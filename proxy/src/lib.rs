@@ -21,6 +21,7 @@ pub mod errors;
 pub mod exchange;
 pub mod metrics;
 pub mod pipeline;
+pub mod pool;
 pub mod record;
 pub mod router;
 pub mod server;

@@ -172,6 +172,19 @@ impl Default for Metrics {
     }
 }
 
+/// One upstream group's handles.
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    responses: [Counter; 5],
+}
+
+impl UpstreamMetrics {
+    /// Counts an upstream response.
+    pub fn response(&self, status: u16) {
+        self.responses[StatusClass::of(status).index()].inc();
+    }
+}
+
 /// One route's handles.
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
@@ -206,15 +219,17 @@ impl Metrics {
         }
     }
 
-    /// Counts an upstream response.
-    pub fn upstream_response(&self, route: &RouteMetrics, upstream: &str, status: u16) {
-        self.upstream_requests
-            .get_or_create(&UpstreamStatus {
-                route: route.route.to_string(),
-                upstream: upstream.to_owned(),
-                status_class: StatusClass::of(status),
-            })
-            .inc();
+    /// Resolves the handles of one upstream group of a route.
+    pub fn upstream(&self, route: &str, upstream: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            responses: StatusClass::ALL.map(|c| {
+                self.upstream_requests.get_or_create_owned(&UpstreamStatus {
+                    route: route.to_owned(),
+                    upstream: upstream.to_owned(),
+                    status_class: c,
+                })
+            }),
+        }
     }
 
     /// Counts a failed upstream call.

@@ -27,24 +27,37 @@ use crate::upstream::{Payload, random, strip_hop_by_hop};
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// How the client connected.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Connection {
     /// The client's address.
     pub client: SocketAddr,
+    /// The client's IP, as `X-Forwarded-For` carries it.
+    pub client_ip: HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
+}
+
+impl Connection {
+    /// Describes a new client connection.
+    pub fn new(client: SocketAddr, tls: bool) -> Self {
+        let client_ip =
+            HeaderValue::from_str(&client.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Connection { client, client_ip, tls }
+    }
 }
 
 /// Serves one request.
 pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>) -> Response<RecordBody> {
     let started = Instant::now();
-    let request_id = req
+    let (request_id, request_id_value) = match req
         .headers()
         .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id);
+        .and_then(|v| Some((v.to_str().ok()?.to_owned(), v.clone())))
+    {
+        Some(kept) => kept,
+        None => new_request_id(),
+    };
     let authority = req
         .uri()
         .authority()
@@ -54,7 +67,9 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
     let current = gateway.current.load_full();
     let mut ex = Exchange {
         request_id,
+        request_id_value,
         client: conn.client,
+        client_ip: conn.client_ip,
         scheme: if conn.tls { "https" } else { "http" },
         host,
         authority,
@@ -176,10 +191,7 @@ async fn backend(
             let upgrade = is_upgrade(parts);
             let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
             let payload = payload(gateway, route, ex, parts, body).await?;
-            let response = set.call(ex, parts, payload, upgrade).await?;
-            if let Some(upstream) = &ex.upstream {
-                gateway.metrics.upstream_response(&route.metrics, upstream, response.status().as_u16());
-            }
+            let (response, checkin) = set.call(ex, parts, payload, upgrade).await?;
             let (mut res_parts, res_body) = response.into_parts();
             if res_parts.status == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client_upgrade) = client_upgrade {
@@ -189,7 +201,13 @@ async fn backend(
             } else {
                 strip_hop_by_hop(&mut res_parts.headers, false);
             }
-            Ok(Response::from_parts(res_parts, ResponseBody::Upstream(res_body)))
+            // An upgraded connection belongs to the tunnel, not to the pool.
+            let checkin = checkin.filter(|_| res_parts.status != StatusCode::SWITCHING_PROTOCOLS);
+            let body = match checkin {
+                Some(checkin) => ResponseBody::Pooled(res_body, Some(checkin)),
+                None => ResponseBody::Upstream(res_body),
+            };
+            Ok(Response::from_parts(res_parts, body))
         }
     }
 }
@@ -258,16 +276,14 @@ fn finish(
     route: Option<usize>,
 ) -> Response<RecordBody> {
     let (mut parts, body) = response.into_parts();
-    if let Ok(v) = HeaderValue::from_str(&ex.request_id) {
-        parts.headers.insert("x-request-id", v);
-    }
+    parts.headers.insert("x-request-id", ex.request_id_value.clone());
     let metrics = match (compiled, route) {
         (Some(c), Some(i)) => c.routes[i].metrics.clone(),
         (Some(c), None) => c.unrouted.clone(),
         (None, _) => gateway.metrics.route(""),
     };
     let record = Record {
-        time: crate::state::now_rfc3339(),
+        time: std::time::SystemTime::now(),
         request_id: ex.request_id,
         route: ex.route_id,
         tenant: ex.tenant,
@@ -303,9 +319,18 @@ fn host_only(authority: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// A 128-bit random id, as 32 hex digits.
-fn new_request_id() -> String {
-    format!("{:016x}{:016x}", random(), random())
+/// A 128-bit random id, as 32 hex digits, and as a header value.
+fn new_request_id() -> (String, HeaderValue) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 32];
+    for (half, value) in [random(), random()].into_iter().enumerate() {
+        for i in 0..16 {
+            digits[half * 16 + i] = HEX[((value >> (60 - 4 * i)) & 0xf) as usize];
+        }
+    }
+    let id = std::str::from_utf8(&digits).unwrap_or("0").to_owned();
+    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    (id, value)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::metrics::RouteMetrics;
 /// What the record stage writes when the response ends.
 #[derive(Debug)]
 pub struct Record {
-    pub time: String,
+    pub time: std::time::SystemTime,
     pub request_id: String,
     pub route: Option<Arc<str>>,
     pub tenant: Option<Arc<str>>,
@@ -39,8 +39,12 @@ impl Record {
     fn finish(&self, bytes_out: u64) {
         let elapsed = self.started.elapsed();
         self.metrics.record(self.status, elapsed.as_secs_f64(), self.bytes_in, bytes_out);
+        if !calllog::enabled() {
+            return;
+        }
+        let time = jiff::Timestamp::try_from(self.time).map(|t| t.to_string()).unwrap_or_default();
         calllog::write(&CallLine {
-            time: self.time.clone(),
+            time,
             request_id: &self.request_id,
             route: self.route.as_deref(),
             tenant: self.tenant.as_deref(),

@@ -113,7 +113,8 @@ impl Entry {
 struct Table {
     exact: HashMap<String, Vec<Entry>>,
     prefix: HashMap<String, Vec<Entry>>,
-    regex: Vec<(Regex, Entry)>,
+    /// Distinct expressions in snapshot order, each with its entries.
+    regex: Vec<(Regex, Vec<Entry>)>,
 }
 
 impl Table {
@@ -123,6 +124,9 @@ impl Table {
 
     fn sort(&mut self) {
         for entries in self.exact.values_mut().chain(self.prefix.values_mut()) {
+            entries.sort_by_key(Entry::rank);
+        }
+        for (_, entries) in &mut self.regex {
             entries.sort_by_key(Entry::rank);
         }
     }
@@ -157,8 +161,9 @@ impl Table {
         }
         self.regex
             .iter()
-            .find(|(r, e)| r.is_match(path) && e.accepts(req))
-            .map(|(_, e)| Found { route: e.route, prefix_len: None })
+            .filter(|(r, _)| r.is_match(path))
+            .find_map(|(_, entries)| entries.iter().find(|e| e.accepts(req)))
+            .map(|e| Found { route: e.route, prefix_len: None })
     }
 }
 
@@ -237,8 +242,14 @@ fn add(table: &mut Table, route: usize, m: &Match) {
         PathMatchType::Exact => table.exact.entry(m.path.clone()).or_default().push(entry),
         PathMatchType::PathPrefix => table.prefix.entry(m.path.clone()).or_default().push(entry),
         PathMatchType::RegularExpression => {
-            if let Some(regex) = anchored(&m.path) {
-                table.regex.push((regex, entry));
+            let anchored_text = format!("^(?:{})$", m.path);
+            match table.regex.iter_mut().find(|(r, _)| r.as_str() == anchored_text) {
+                Some((_, entries)) => entries.push(entry),
+                None => {
+                    if let Some(regex) = anchored(&m.path) {
+                        table.regex.push((regex, vec![entry]));
+                    }
+                }
             }
         }
     }

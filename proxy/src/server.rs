@@ -100,6 +100,12 @@ pub fn start(gateway: Arc<Gateway>, config: &ServerConfig) -> std::io::Result<Ru
     let admin_addr = admin_socket.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tls_config = (!https.is_empty()).then(|| tls::server_config(gateway.clone()));
+    // Workers still draining. Upstream connections are pooled for all
+    // workers, and each is driven by the runtime of the worker that opened
+    // it, so a worker keeps its runtime running until every worker has
+    // drained: otherwise another worker's in-flight request would lose its
+    // upstream connection ("dispatch task is gone").
+    let draining = Arc::new(watch::Sender::new(workers));
 
     let mut threads = Vec::new();
     for worker in 0..workers {
@@ -108,15 +114,23 @@ pub fn start(gateway: Arc<Gateway>, config: &ServerConfig) -> std::io::Result<Ru
         let secure = std::mem::take(&mut https_sockets[worker]);
         let shutdown_rx = shutdown_rx.clone();
         let tls_config = tls_config.clone();
+        let draining = draining.clone();
         let thread = std::thread::Builder::new().name(format!("sluice-worker-{worker}")).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("sluice-proxy: worker {worker} cannot start a runtime: {e}");
+                    draining.send_modify(|n| *n = n.saturating_sub(1));
                     return;
                 }
             };
-            runtime.block_on(worker_loop(gateway, plain, secure, tls_config, shutdown_rx));
+            let grace = Duration::from_millis(gateway.limits.shutdown_grace_ms);
+            runtime.block_on(async move {
+                worker_loop(gateway, plain, secure, tls_config, shutdown_rx).await;
+                draining.send_modify(|n| *n = n.saturating_sub(1));
+                let mut all = draining.subscribe();
+                let _ = tokio::time::timeout(grace, all.wait_for(|n| *n == 0)).await;
+            });
         })?;
         threads.push(thread);
     }
@@ -264,10 +278,11 @@ fn serve_io<I>(gateway: Arc<Gateway>, io: TokioIo<I>, client: SocketAddr, tls: b
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let conn_info = Connection { client, tls };
+    let conn_info = Connection::new(client, tls);
     let service_gateway = gateway.clone();
     let service = service_fn(move |req| {
         let gateway = service_gateway.clone();
+        let conn_info = conn_info.clone();
         async move { Ok::<_, Infallible>(pipeline::handle(&gateway, conn_info, req).await) }
     });
     let builder = builder(&gateway);

@@ -117,9 +117,12 @@ impl Compiled {
                             body: Bytes::from(d.body.clone()),
                         }
                     }
-                    Backend::Upstreams { groups } => {
-                        BackendRuntime::Upstreams(Box::new(upstreams.compile(groups, &route.traffic)))
-                    }
+                    Backend::Upstreams { groups } => BackendRuntime::Upstreams(Box::new(upstreams.compile(
+                        groups,
+                        &route.traffic,
+                        &route.id,
+                        metrics,
+                    ))),
                     Backend::Ai(_) => BackendRuntime::Ai,
                 };
                 RouteRuntime {

@@ -21,6 +21,7 @@ use crate::balance::{self, EndpointState, PickInput};
 use crate::body::{RequestBody, is_length_limit};
 use crate::errors::ProxyError;
 use crate::exchange::Exchange;
+use crate::pool::{self, Checkin};
 
 /// A pooled client (HTTP/1.1, or HTTP/2 when TLS negotiates it).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -79,10 +80,17 @@ impl Upstreams {
     }
 
     /// Compiles one route's upstreams.
-    pub fn compile(&self, groups: &[UpstreamGroup], traffic: &TrafficPolicy) -> UpstreamSet {
+    pub fn compile(
+        &self,
+        groups: &[UpstreamGroup],
+        traffic: &TrafficPolicy,
+        route: &str,
+        metrics: &crate::metrics::Metrics,
+    ) -> UpstreamSet {
         let groups: Vec<Group> = groups
             .iter()
             .map(|g| Group {
+                metrics: metrics.upstream(route, &g.name),
                 name: Arc::from(g.name.as_str()),
                 weight: g.weight,
                 tls: g.tls,
@@ -93,6 +101,9 @@ impl Upstreams {
             .collect();
         UpstreamSet {
             total_weight: groups.iter().map(|g| u64::from(g.weight)).sum(),
+            weights: groups.iter().map(|g| g.weight).collect(),
+            connect_timeout: Duration::from_millis(traffic.connect_timeout_ms),
+            idle_timeout: Duration::from_millis(traffic.idle_timeout_ms),
             groups,
             policy: traffic.load_balancer,
             hash_header: traffic.hash_header.as_deref().and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
@@ -160,6 +171,7 @@ impl RetryBudget {
 
 #[derive(Debug)]
 struct Group {
+    metrics: crate::metrics::UpstreamMetrics,
     name: Arc<str>,
     weight: u32,
     tls: bool,
@@ -172,7 +184,10 @@ struct Group {
 #[derive(Debug)]
 pub struct UpstreamSet {
     groups: Vec<Group>,
+    weights: Vec<u32>,
     total_weight: u64,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
     policy: LoadBalancerPolicy,
     hash_header: Option<HeaderName>,
     request_timeout: Duration,
@@ -231,22 +246,33 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names. `Upgrade` is kept only for upgrade requests.
 pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    // NB: one pass over the (few) names finds what is present; most
+    // requests carry none, and removing absent names costs a hash each.
+    let mut present: [Option<HeaderName>; 8] = Default::default();
+    let mut count = 0;
+    for name in headers.keys() {
+        let hop = HOP_BY_HOP.contains(name) || (!keep_upgrade && *name == header::UPGRADE);
+        if hop && count < present.len() {
+            present[count] = Some(name.clone());
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return;
+    }
+    // Headers the Connection header names are hop-by-hop too (its usual
+    // tokens, keep-alive, close and upgrade, name no other header).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .map(str::trim)
+        .filter(|t| !["keep-alive", "close", "upgrade"].iter().any(|c| t.eq_ignore_ascii_case(c)))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
-    for name in named {
+    for name in named.iter().chain(present.iter().flatten()) {
         headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if !keep_upgrade {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -256,15 +282,13 @@ impl UpstreamSet {
     pub async fn call(
         &self,
         ex: &mut Exchange,
-        parts: &request::Parts,
+        parts: &mut request::Parts,
         mut payload: Payload,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Checkin>), ProxyError> {
         let deadline = Instant::now() + self.request_timeout;
-        let group = match balance::pick_weighted(
-            &self.groups.iter().map(|g| g.weight).collect::<Vec<_>>(),
-            if self.total_weight == 0 { 0 } else { random() % self.total_weight },
-        ) {
+        let roll = if self.groups.len() == 1 || self.total_weight == 0 { 0 } else { random() % self.total_weight };
+        let group = match balance::pick_weighted(&self.weights, roll) {
             Some(i) => &self.groups[i],
             None => {
                 let name = self.groups.first().map(|g| g.name.to_string()).unwrap_or_default();
@@ -277,7 +301,7 @@ impl UpstreamSet {
         }
         let max_tries = 1 + self.retries.as_ref().filter(|_| payload.replayable()).map_or(0, |r| r.attempts);
         let hash = self.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| balance::fnv1a(v.as_bytes()));
-        let h2c = parts.version == Version::HTTP_2 && !group.tls && is_grpc(parts);
+        let h2c = parts.version == Version::HTTP_2 && !group.tls && is_grpc(&parts.headers);
         let mut tried: Vec<usize> = Vec::new();
         let mut try_number = 0;
         loop {
@@ -300,7 +324,10 @@ impl UpstreamSet {
                     detail: "the request body was already sent".into(),
                 });
             };
-            let request = self.build_request(ex, parts, group, endpoint, body, h2c, upgrade)?;
+            // NB: the headers are moved out when there will be no second try.
+            let headers =
+                if try_number >= max_tries { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+            let request = self.build_request(ex, parts, headers, group, endpoint, body, h2c, upgrade)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let per_try = self
                 .retries
@@ -308,15 +335,27 @@ impl UpstreamSet {
                 .and_then(|r| r.per_try_timeout_ms)
                 .map(Duration::from_millis)
                 .map_or(remaining, |t| t.min(remaining));
-            let client = if h2c { &self.h2c } else { &self.client };
             endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
             let sent = Instant::now();
-            let outcome = tokio::time::timeout(per_try, client.request(request)).await;
+            let outcome = if group.tls || h2c {
+                let client = if h2c { &self.h2c } else { &self.client };
+                tokio::time::timeout(per_try, client.request(request))
+                    .await
+                    .map(|r| r.map(|response| (response, None)).map_err(|e| classify(&e)))
+            } else {
+                tokio::time::timeout(
+                    per_try,
+                    pool::send(&endpoint.address, self.connect_timeout, self.idle_timeout, request),
+                )
+                .await
+                .map(|r| r.map(|(response, checkin)| (response, Some(checkin))).map_err(|e| classify_pooled(&e)))
+            };
             endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
             ex.upstream_latency = Some(sent.elapsed());
             let failure = match outcome {
-                Ok(Ok(response)) => {
+                Ok(Ok((response, checkin))) => {
                     let status = response.status().as_u16();
+                    group.metrics.response(status);
                     if status >= 500 {
                         self.record_failure(group, endpoint);
                     } else {
@@ -325,14 +364,13 @@ impl UpstreamSet {
                     // NB: a retryable status that cannot be retried (no tries or
                     // budget left) is the upstream's own answer, passed on.
                     if !self.retry_allowed(&Failure::Status(status), try_number, max_tries, deadline) {
-                        return Ok(response);
+                        return Ok((response, checkin));
                     }
                     drop(response);
                     self.back_off(try_number, deadline, group).await?;
                     continue;
                 }
-                Ok(Err(err)) => {
-                    let failure = classify(&err);
+                Ok(Err(failure)) => {
                     if !matches!(failure, Failure::BodyTooLarge) {
                         self.record_failure(group, endpoint);
                     }
@@ -430,6 +468,7 @@ impl UpstreamSet {
         &self,
         ex: &Exchange,
         parts: &request::Parts,
+        headers: http::HeaderMap,
         group: &Group,
         endpoint: &EndpointState,
         body: RequestBody,
@@ -438,20 +477,28 @@ impl UpstreamSet {
     ) -> Result<Request<RequestBody>, ProxyError> {
         let scheme = if group.tls { "https" } else { "http" };
         let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let uri: Uri = format!("{scheme}://{}{}{}", endpoint.address, group.path_prefix, path_and_query)
-            .parse()
-            .map_err(|_| ProxyError::BadRequest(format!("cannot forward the path {path_and_query:?}")))?;
+        // The pooled HTTP/1.1 path connects by address and sends the
+        // origin form; the shared client needs the absolute form to connect.
+        let uri: Result<Uri, _> = if group.tls || h2c {
+            format!("{scheme}://{}{}{}", endpoint.address, group.path_prefix, path_and_query).parse()
+        } else if group.path_prefix.is_empty() {
+            Ok(parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone())))
+        } else {
+            format!("{}{}", group.path_prefix, path_and_query).parse()
+        };
+        let uri = uri.map_err(|_| ProxyError::BadRequest(format!("cannot forward the path {path_and_query:?}")))?;
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
+        let grpc = is_grpc(&headers);
+        *request.headers_mut() = headers;
         let headers = request.headers_mut();
-        *headers = parts.headers.clone();
         strip_hop_by_hop(headers, upgrade);
         if upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        if parts.version == Version::HTTP_2 && is_grpc(parts) {
+        if parts.version == Version::HTTP_2 && grpc {
             // gRPC needs trailers, so TE: trailers passes through.
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
@@ -472,25 +519,20 @@ impl UpstreamSet {
     }
 }
 
-fn is_grpc(parts: &request::Parts) -> bool {
-    parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// Sets `X-Forwarded-For/Proto/Host`, `Via` and `x-request-id`.
 pub fn forwarding_headers(ex: &Exchange, version: Version, headers: &mut http::HeaderMap) {
-    let client_ip = ex.client.ip().to_string();
     let xff = HeaderName::from_static("x-forwarded-for");
     let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.is_empty() => format!("{prior}, {client_ip}"),
-        _ => client_ip,
+        Some(prior) if !prior.is_empty() => {
+            HeaderValue::from_str(&format!("{prior}, {}", ex.client.ip())).unwrap_or_else(|_| ex.client_ip.clone())
+        }
+        _ => ex.client_ip.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(xff, v);
-    }
+    headers.insert(xff, value);
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(ex.scheme));
     if let Some(authority) = &ex.authority {
         headers.insert(HeaderName::from_static("x-forwarded-host"), authority.clone());
@@ -501,8 +543,14 @@ pub fn forwarding_headers(ex: &Exchange, version: Version, headers: &mut http::H
         _ => "1.1 sluice",
     };
     headers.append(header::VIA, HeaderValue::from_static(via));
-    if let Ok(v) = HeaderValue::from_str(&ex.request_id) {
-        headers.insert(HeaderName::from_static("x-request-id"), v);
+    headers.insert(HeaderName::from_static("x-request-id"), ex.request_id_value.clone());
+}
+
+fn classify_pooled(err: &pool::SendError) -> Failure {
+    match err {
+        pool::SendError::Connect(detail) => Failure::Connect(detail.clone()),
+        pool::SendError::Http(e) if is_length_limit(e) => Failure::BodyTooLarge,
+        pool::SendError::Http(e) => Failure::Reset(error_chain(e)),
     }
 }
 

@@ -1,0 +1,954 @@
+//! Protocols end to end, over real sockets on 127.0.0.1: TLS with SNI and
+//! ALPN (certificates made here with rcgen), HTTP/2 over TLS and in
+//! cleartext, WebSocket-style upgrades, gRPC-style trailers, the header and
+//! body size limits, and graceful shutdown with a request in flight.
+//!
+//! Every wait is bounded: a hang fails the test in seconds.
+
+mod support;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, ServerName};
+use sluice_proxy::{Gateway, Limits, ServerConfig, standalone};
+use support::{Proxy, Upstream, route};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+
+/// The most any one test may take.
+const TEST_LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs a test body with a deadline.
+async fn within<T>(body: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_LIMIT, body).await.expect("the test finished in time")
+}
+
+/// Awaits a step with a deadline, naming the step when it hangs.
+async fn step<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// Fails unless every object of the proxy's config compiled and every
+/// certificate loaded.
+fn assert_clean(proxy: &Proxy) {
+    let report = proxy.gateway.report.load();
+    assert!(report.load_errors.is_empty(), "load errors: {:?}", report.load_errors);
+    let bad: Vec<_> = report.statuses.iter().filter(|s| s.status.has_false()).collect();
+    assert!(bad.is_empty(), "objects with a False condition: {bad:#?}");
+    let current = proxy.gateway.current.load();
+    let compiled = current.as_ref().expect("a snapshot is installed");
+    assert!(compiled.certificates.errors.is_empty(), "certificates: {:?}", compiled.certificates.errors);
+}
+
+// ---------------------------------------------------------------------------
+// Clients over one connection
+
+/// A response, read whole, trailers included.
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Reply {
+    async fn read(response: Response<Incoming>) -> Reply {
+        let (parts, body) = response.into_parts();
+        let collected = step("reading the response body", body.collect()).await.expect("the response body");
+        let trailers = collected.trailers().cloned();
+        Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body: collected.to_bytes(),
+            trailers,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends requests one after the other on one HTTP/1.1 connection over `io`,
+/// then closes it.
+async fn http1<I, B>(io: I, requests: Vec<Request<B>>) -> Vec<Reply>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, conn) =
+        step("HTTP/1.1 handshake", hyper::client::conn::http1::handshake(TokioIo::new(io))).await.expect("handshake");
+    let task = tokio::spawn(conn);
+    let mut replies = Vec::new();
+    for request in requests {
+        let response = step("HTTP/1.1 response", sender.send_request(request)).await.expect("a response");
+        replies.push(Reply::read(response).await);
+    }
+    drop(sender);
+    let _ = step("closing the HTTP/1.1 connection", task).await;
+    replies
+}
+
+/// Sends requests one after the other on one HTTP/2 connection over `io`,
+/// then closes it.
+async fn http2<I, B>(io: I, requests: Vec<Request<B>>) -> Vec<Reply>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, conn) =
+        step("HTTP/2 handshake", hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)))
+            .await
+            .expect("handshake");
+    let task = tokio::spawn(conn);
+    let mut replies = Vec::new();
+    for request in requests {
+        let response = step("HTTP/2 response", sender.send_request(request)).await.expect("a response");
+        replies.push(Reply::read(response).await);
+    }
+    drop(sender);
+    let _ = step("closing the HTTP/2 connection", task).await;
+    replies
+}
+
+fn get(uri: &str, host: &str) -> Request<Empty<Bytes>> {
+    Request::get(uri).header(header::HOST, host).body(Empty::new()).expect("request")
+}
+
+/// An HTTP/2 request: the authority is in the URI, as HTTP/2 clients send it.
+fn get2(uri: &str) -> Request<Empty<Bytes>> {
+    Request::get(uri).version(Version::HTTP_2).body(Empty::new()).expect("request")
+}
+
+// ---------------------------------------------------------------------------
+// TLS material and client
+
+/// A certificate and key for one host, signed by the test CA.
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+/// A CA made for one test, and the leaves it signed.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "Sluice test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().expect("CA key");
+        Pki { ca: CertifiedIssuer::self_signed(params, key).expect("CA certificate") }
+    }
+
+    fn leaf(&self, host: &str) -> Leaf {
+        let mut params = CertificateParams::new(vec![host.to_owned()]).expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, host);
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.ca).expect("leaf certificate");
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
+    }
+
+    /// A client trusting this CA only, offering `alpn`.
+    fn client(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).expect("the CA is a valid trust anchor");
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Connects with TLS, sending `sni` as the server name.
+async fn tls_connect(addr: SocketAddr, sni: &str, connector: &TlsConnector) -> std::io::Result<TlsStream> {
+    let tcp = step("TCP connect", TcpStream::connect(addr)).await?;
+    let name = ServerName::try_from(sni.to_owned()).expect("a valid server name");
+    step("TLS handshake", connector.connect(name, tcp)).await
+}
+
+fn peer_certificate(stream: &TlsStream) -> CertificateDer<'static> {
+    let (_, session) = stream.get_ref();
+    session.peer_certificates().and_then(|c| c.first()).expect("the server sent a certificate").clone().into_owned()
+}
+
+fn alpn(stream: &TlsStream) -> Option<Vec<u8>> {
+    stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// A `kubernetes.io/tls` Secret.
+fn tls_secret(name: &str, leaf: &Leaf) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n",
+        indent(&leaf.cert_pem),
+        indent(&leaf.key_pem)
+    )
+}
+
+/// An ApiRoute for one host, with its certificate in `secret`.
+fn tls_route(name: &str, host: &str, secret: &str, upstream: &str) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata:\n  name: {name}\nspec:\n  hosts: [\"{host}\"]\n  tls:\n    - hosts: [\"{host}\"]\n      secretName: {secret}\n  backend:\n    upstreams:\n      - url: {upstream}\n---\n"
+    )
+}
+
+const ALPHA: &str = "alpha.sluice.test";
+const BETA: &str = "beta.sluice.test";
+
+/// Two hosts, two certificates, two upstreams, behind a TLS listener.
+struct TlsSetup {
+    pki: Pki,
+    alpha: Leaf,
+    beta: Leaf,
+    alpha_upstream: Upstream,
+    beta_upstream: Upstream,
+    proxy: Proxy,
+}
+
+impl TlsSetup {
+    async fn start() -> TlsSetup {
+        let pki = Pki::new();
+        let (alpha, beta) = (pki.leaf(ALPHA), pki.leaf(BETA));
+        let alpha_upstream = Upstream::named("alpha").await;
+        let beta_upstream = Upstream::named("beta").await;
+        let yaml = [
+            tls_secret("alpha-tls", &alpha),
+            tls_secret("beta-tls", &beta),
+            tls_route("alpha", ALPHA, "alpha-tls", &alpha_upstream.url()),
+            tls_route("beta", BETA, "beta-tls", &beta_upstream.url()),
+        ]
+        .concat();
+        let proxy = Proxy::start_with(&yaml, Limits::default(), true);
+        assert_clean(&proxy);
+        TlsSetup { pki, alpha, beta, alpha_upstream, beta_upstream, proxy }
+    }
+
+    fn https(&self) -> SocketAddr {
+        self.proxy.https.expect("the proxy has a TLS listener")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TLS
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_presents_the_certificate_of_the_sni_host_and_routes_to_its_upstream() {
+    within(async {
+        let setup = TlsSetup::start().await;
+        let client = setup.pki.client(&[b"http/1.1"]);
+        for (host, leaf, expected) in [(ALPHA, &setup.alpha, "alpha"), (BETA, &setup.beta, "beta")] {
+            let stream = tls_connect(setup.https(), host, &client).await.expect("the handshake succeeds");
+            assert_eq!(peer_certificate(&stream), leaf.der, "the certificate presented for SNI {host}");
+            let replies = http1(stream, vec![get("/hello", host)]).await;
+            assert_eq!(replies[0].status, StatusCode::OK, "{host}: {}", replies[0].text());
+            assert_eq!(replies[0].text(), expected);
+        }
+        assert_eq!((setup.alpha_upstream.hits(), setup.beta_upstream.hits()), (1, 1));
+        let seen = setup.alpha_upstream.last();
+        assert_eq!(seen.headers.get("x-forwarded-proto").map(HeaderValue::as_bytes), Some(&b"https"[..]));
+        assert_eq!(seen.headers.get("x-forwarded-host").map(HeaderValue::as_bytes), Some(ALPHA.as_bytes()));
+        assert_eq!(seen.uri, "/hello");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sni_matching_ignores_case() {
+    within(async {
+        let setup = TlsSetup::start().await;
+        let client = setup.pki.client(&[]);
+        let stream = tls_connect(setup.https(), "BETA.Sluice.Test", &client).await.expect("the handshake succeeds");
+        assert_eq!(peer_certificate(&stream), setup.beta.der);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshake_fails_for_a_host_without_a_certificate() {
+    within(async {
+        let setup = TlsSetup::start().await;
+        let client = setup.pki.client(&[b"h2", b"http/1.1"]);
+        let outcome = tls_connect(setup.https(), "unknown.sluice.test", &client).await;
+        assert!(outcome.is_err(), "a handshake for a host without a certificate must fail");
+        // The listener still serves the known hosts afterwards.
+        let stream = tls_connect(setup.https(), ALPHA, &client).await.expect("the handshake succeeds");
+        assert_eq!(peer_certificate(&stream), setup.alpha.der);
+    })
+    .await;
+}
+
+/// The protocols a client offers in ALPN.
+type Offer<'a> = &'a [&'a [u8]];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_negotiates_h2_when_offered_and_http11_otherwise() {
+    within(async {
+        let setup = TlsSetup::start().await;
+        let offers: [(Offer, Option<&[u8]>); 4] = [
+            (&[b"h2", b"http/1.1"], Some(&b"h2"[..])),
+            (&[b"http/1.1", b"h2"], Some(&b"h2"[..])),
+            (&[b"http/1.1"], Some(&b"http/1.1"[..])),
+            (&[], None),
+        ];
+        for (offer, expected) in offers {
+            let stream = tls_connect(setup.https(), ALPHA, &setup.pki.client(offer)).await.expect("handshake");
+            assert_eq!(alpn(&stream).as_deref(), expected, "offered {offer:?}");
+            let h2 = expected == Some(&b"h2"[..]);
+            let replies = if h2 {
+                http2(stream, vec![get2(&format!("https://{ALPHA}/alpn"))]).await
+            } else {
+                http1(stream, vec![get("/alpn", ALPHA)]).await
+            };
+            assert_eq!(replies[0].status, StatusCode::OK, "offered {offer:?}: {}", replies[0].text());
+            assert_eq!(replies[0].text(), "alpha");
+            let version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+            assert_eq!(replies[0].version, version, "offered {offer:?}");
+        }
+        // A client that offers only protocols the proxy does not speak is
+        // refused (RFC 7301 §3.2: no_application_protocol).
+        let refused = tls_connect(setup.https(), ALPHA, &setup.pki.client(&[b"spdy/3"])).await;
+        assert!(refused.is_err(), "ALPN without a common protocol must fail the handshake");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_end_to_end() {
+    within(async {
+        let setup = TlsSetup::start().await;
+        let client = setup.pki.client(&[b"h2", b"http/1.1"]);
+        let stream = tls_connect(setup.https(), BETA, &client).await.expect("handshake");
+        assert_eq!(alpn(&stream).as_deref(), Some(&b"h2"[..]));
+        let post = Request::post(format!("https://{BETA}/v1/orders?x=1"))
+            .version(Version::HTTP_2)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"order\":1}")))
+            .expect("request");
+        let replies =
+            http2(stream, vec![post.map(|b| b.boxed()), get2(&format!("https://{BETA}/second")).map(|b| b.boxed())])
+                .await;
+        for reply in &replies {
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            assert_eq!(reply.version, Version::HTTP_2);
+            assert_eq!(reply.text(), "beta");
+            assert!(reply.header("x-request-id").is_some());
+        }
+        let seen = setup.beta_upstream.seen.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 2);
+        assert_eq!((seen[0].method.as_str(), seen[0].uri.as_str()), ("POST", "/v1/orders?x=1"));
+        assert_eq!(seen[0].body, Bytes::from_static(b"{\"order\":1}"));
+        // A URL upstream gets its own host as Host; the client's authority
+        // travels in X-Forwarded-Host.
+        assert_eq!(seen[0].headers.get("x-forwarded-host").map(HeaderValue::as_bytes), Some(BETA.as_bytes()));
+        assert_eq!(seen[0].headers.get("x-forwarded-proto").map(HeaderValue::as_bytes), Some(&b"https"[..]));
+        assert_eq!(seen[0].headers.get(header::VIA).map(HeaderValue::as_bytes), Some(&b"2 sluice"[..]));
+        assert_eq!(seen[1].uri, "/second");
+        assert_eq!(setup.alpha_upstream.hits(), 0);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2 cleartext
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cleartext_with_prior_knowledge() {
+    within(async {
+        let upstream =
+            Upstream::start(|seen| Response::new(Full::new(Bytes::from(format!("echo:{}", seen.body.len()))))).await;
+        let proxy = Proxy::start(&route("h2c", "/", &[&upstream.url()], ""));
+        assert_clean(&proxy);
+        let tcp = step("connect", TcpStream::connect(proxy.http)).await.expect("connect");
+        let post = Request::post("http://h2c.example.com/upload")
+            .version(Version::HTTP_2)
+            .body(Full::new(Bytes::from(vec![b'x'; 100_000])))
+            .expect("request");
+        let get = Request::get("http://h2c.example.com/status?q=1")
+            .version(Version::HTTP_2)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let replies = http2(tcp, vec![post, get]).await;
+        assert_eq!(replies[0].status, StatusCode::OK, "{}", replies[0].text());
+        assert_eq!(replies[0].version, Version::HTTP_2);
+        assert_eq!(replies[0].text(), "echo:100000");
+        assert_eq!(replies[1].status, StatusCode::OK);
+        assert_eq!(replies[1].text(), "echo:0");
+        let seen = upstream.last();
+        assert_eq!(seen.uri, "/status?q=1");
+        assert_eq!(seen.headers.get("x-forwarded-host").map(HeaderValue::as_bytes), Some(&b"h2c.example.com"[..]));
+        assert_eq!(seen.headers.get(header::VIA).map(HeaderValue::as_bytes), Some(&b"2 sluice"[..]));
+        assert_eq!(seen.headers.get("x-forwarded-proto").map(HeaderValue::as_bytes), Some(&b"http"[..]));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Upstreams with special behaviour
+
+/// A TCP server whose connections are served by `serve`; stops on drop.
+struct Server {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start<F, Fut>(serve: F) -> Server
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream));
+            }
+        });
+        Server { addr, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HTTP/1.1 upstream that accepts `Upgrade: websocket` with 101 and
+/// then echoes every byte it reads. It records the request headers.
+async fn upgrade_echo_upstream(seen: Arc<Mutex<Vec<HeaderMap>>>) -> Server {
+    Server::start(move |stream| {
+        let seen = seen.clone();
+        async move {
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().expect("lock").push(req.headers().clone());
+                    let wants_websocket = req
+                        .headers()
+                        .get(header::UPGRADE)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                    if !wants_websocket {
+                        let mut response = Response::new(Empty::<Bytes>::new());
+                        *response.status_mut() = StatusCode::BAD_REQUEST;
+                        return Ok::<_, Infallible>(response);
+                    }
+                    let on_upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(upgraded) = on_upgrade.await else { return };
+                        let mut io = TokioIo::new(upgraded);
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            match io.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if io.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                    let response = Response::builder()
+                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                        .header(header::CONNECTION, "upgrade")
+                        .header(header::UPGRADE, "websocket")
+                        .header("sec-websocket-accept", "test-accept")
+                        .body(Empty::<Bytes>::new())
+                        .expect("response");
+                    Ok(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_tunnelled_both_ways() {
+    within(async {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let upstream = upgrade_echo_upstream(seen.clone()).await;
+        let proxy = Proxy::start(&route("ws", "/ws", &[&upstream.url()], ""));
+        assert_clean(&proxy);
+
+        let tcp = step("connect", TcpStream::connect(proxy.http)).await.expect("connect");
+        let (mut sender, conn) =
+            step("handshake", hyper::client::conn::http1::handshake(TokioIo::new(tcp))).await.expect("handshake");
+        let conn_task = tokio::spawn(conn.with_upgrades());
+        let request = Request::get("/ws/chat")
+            .header(header::HOST, "ws.example.com")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let response = step("the 101", sender.send_request(request)).await.expect("a response");
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(response.headers().get(header::UPGRADE).map(HeaderValue::as_bytes), Some(&b"websocket"[..]));
+        assert_eq!(
+            response.headers().get("sec-websocket-accept").map(HeaderValue::as_bytes),
+            Some(&b"test-accept"[..])
+        );
+        let upgraded = step("the upgrade", hyper::upgrade::on(response)).await.expect("the connection upgrades");
+        let mut io = TokioIo::new(upgraded);
+        for message in [&b"hello through sluice"[..], &[0u8, 1, 2, 255, 254][..], &vec![b'z'; 64 * 1024][..]] {
+            step("write", io.write_all(message)).await.expect("write");
+            let mut echo = vec![0u8; message.len()];
+            step("read the echo", io.read_exact(&mut echo)).await.expect("read the echo");
+            assert_eq!(echo, message);
+        }
+        step("shutdown", io.shutdown()).await.expect("close the tunnel");
+        // The upstream closes its side when ours closes: the tunnel ends.
+        let mut rest = Vec::new();
+        let n = step("EOF through the tunnel", io.read_to_end(&mut rest)).await.expect("read to EOF");
+        assert_eq!(n, 0);
+        drop(sender);
+        let _ = step("connection task", conn_task).await;
+
+        let headers = seen.lock().expect("lock").clone();
+        assert_eq!(headers.len(), 1);
+        let got = |name: &str| headers[0].get(name).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+        assert_eq!(got("upgrade").as_deref(), Some("websocket"));
+        assert_eq!(got("connection").as_deref(), Some("upgrade"));
+        assert_eq!(got("sec-websocket-key").as_deref(), Some("dghlihnhbxbszsbub25jzq=="));
+        assert_eq!(got("sec-websocket-version").as_deref(), Some("13"));
+    })
+    .await;
+}
+
+/// What the gRPC upstream saw: version, headers, body.
+type GrpcSeen = Arc<Mutex<Vec<(Version, HeaderMap, Bytes)>>>;
+
+/// An HTTP/2 cleartext (prior knowledge) upstream answering like a gRPC
+/// server: a length-prefixed message, then trailers `grpc-status: 0`.
+async fn grpc_upstream(seen: GrpcSeen) -> Server {
+    Server::start(move |stream| {
+        let seen = seen.clone();
+        async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let seen = seen.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                    seen.lock().expect("lock").push((parts.version, parts.headers, body));
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                    trailers.insert("grpc-message", HeaderValue::from_static("all-good"));
+                    let body = Full::new(Bytes::from_static(b"\x00\x00\x00\x00\x05hello"))
+                        .with_trailers(async move { Some(Ok(trailers)) });
+                    let response = Response::builder()
+                        .header(header::CONTENT_TYPE, "application/grpc")
+                        .body(body)
+                        .expect("response");
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_trailers_pass_through_over_h2c() {
+    within(async {
+        let seen: GrpcSeen = Arc::default();
+        let upstream = grpc_upstream(seen.clone()).await;
+        let proxy = Proxy::start(&route("grpc", "/echo.Echo", &[&upstream.url()], ""));
+        assert_clean(&proxy);
+        let tcp = step("connect", TcpStream::connect(proxy.http)).await.expect("connect");
+        let message = Bytes::from_static(b"\x00\x00\x00\x00\x02hi");
+        let request = Request::post("http://grpc.example.com/echo.Echo/Say")
+            .version(Version::HTTP_2)
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header(header::TE, "trailers")
+            .body(Full::new(message.clone()))
+            .expect("request");
+        let replies = http2(tcp, vec![request]).await;
+        let reply = &replies[0];
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.version, Version::HTTP_2);
+        assert_eq!(reply.header("content-type"), Some("application/grpc"));
+        assert_eq!(reply.body, Bytes::from_static(b"\x00\x00\x00\x00\x05hello"));
+        let trailers = reply.trailers.as_ref().expect("the response has trailers");
+        assert_eq!(trailers.get("grpc-status").map(HeaderValue::as_bytes), Some(&b"0"[..]));
+        assert_eq!(trailers.get("grpc-message").map(HeaderValue::as_bytes), Some(&b"all-good"[..]));
+
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 1);
+        let (version, headers, body) = &seen[0];
+        assert_eq!(*version, Version::HTTP_2, "gRPC goes upstream over HTTP/2");
+        assert_eq!(headers.get(header::TE).map(HeaderValue::as_bytes), Some(&b"trailers"[..]));
+        assert_eq!(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes), Some(&b"application/grpc"[..]));
+        assert_eq!(*body, message);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Limits
+
+/// A response read off the wire by [`raw_exchange`].
+#[derive(Debug)]
+struct RawAnswer {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl RawAnswer {
+    fn status_line(&self) -> &str {
+        self.head.lines().next().unwrap_or_default()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Writes a whole request at once on a new connection (the server may
+/// answer before reading all of it, as it should for a request over a
+/// limit) and reads until the server closes or resets the connection.
+/// The request should say `Connection: close`.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawAnswer {
+    let mut tcp = step("connect", TcpStream::connect(addr)).await.expect("connect");
+    // The write may fail once the server has answered and closed.
+    let _ = step("write", tcp.write_all(request)).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match step("read the answer", tcp.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| {
+        panic!("no complete response head in {:?}", String::from_utf8_lossy(&answer));
+    });
+    RawAnswer { head: String::from_utf8_lossy(&answer[..split]).into_owned(), body: answer[split + 4..].to_vec() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_over_the_limit_get_431() {
+    within(async {
+        let upstream = Upstream::named("ok").await;
+        let limits = Limits { max_header_bytes: 8 * 1024, ..Limits::default() };
+        let proxy = Proxy::start_with(&route("all", "/", &[&upstream.url()], ""), limits, false);
+        assert_clean(&proxy);
+
+        let small = format!(
+            "GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Fill: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(4 * 1024)
+        );
+        let answer = raw_exchange(proxy.http, small.as_bytes()).await;
+        assert_eq!(answer.status_line(), "HTTP/1.1 200 OK", "headers under the limit are served: {answer:?}");
+        assert_eq!(answer.body, b"ok");
+
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Fill: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(16 * 1024)
+        );
+        let answer = raw_exchange(proxy.http, big.as_bytes()).await;
+        assert!(answer.status_line().starts_with("HTTP/1.1 431"), "headers over the limit get 431: {answer:?}");
+        assert_eq!(upstream.hits(), 1, "only the small request reached the upstream");
+    })
+    .await;
+}
+
+/// A body of this many KiB with no declared length (sent chunked).
+struct Chunked(usize);
+
+impl Body for Chunked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.0 == 0 {
+            return Poll::Ready(None);
+        }
+        self.0 -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 1024])))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_over_the_limit_gets_413_problem_json() {
+    within(async {
+        let upstream =
+            Upstream::start(|seen| Response::new(Full::new(Bytes::from(format!("{}", seen.body.len()))))).await;
+        let limits = Limits { max_body_bytes: 1024, ..Limits::default() };
+        let proxy = Proxy::start_with(&route("all", "/", &[&upstream.url()], ""), limits, false);
+        assert_clean(&proxy);
+        let post = |size: usize| {
+            Request::post("/upload")
+                .header(header::HOST, "a.example.com")
+                .body(Full::new(Bytes::from(vec![b'x'; size])))
+                .expect("request")
+        };
+
+        let tcp = step("connect", TcpStream::connect(proxy.http)).await.expect("connect");
+        let replies = http1(tcp, vec![post(1024)]).await;
+        assert_eq!(replies[0].status, StatusCode::OK, "a body at the limit is served: {}", replies[0].text());
+        assert_eq!(replies[0].text(), "1024");
+
+        let mut request =
+            b"POST /upload HTTP/1.1\r\nHost: a.example.com\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n"
+                .to_vec();
+        request.extend_from_slice(&[b'x'; 4096]);
+        let answer = raw_exchange(proxy.http, &request).await;
+        assert!(answer.status_line().starts_with("HTTP/1.1 413"), "{answer:?}");
+        assert_problem(&answer, "body-too-large", 413);
+        assert_eq!(upstream.hits(), 1, "the oversized body never reached the upstream");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_request_body_over_the_limit_gets_413() {
+    within(async {
+        let upstream =
+            Upstream::start(|seen| Response::new(Full::new(Bytes::from(format!("{}", seen.body.len()))))).await;
+        let limits = Limits { max_body_bytes: 4 * 1024, ..Limits::default() };
+        let proxy = Proxy::start_with(&route("all", "/", &[&upstream.url()], ""), limits, false);
+        assert_clean(&proxy);
+        let post = |kib: usize| {
+            Request::post("/upload").header(header::HOST, "a.example.com").body(Chunked(kib)).expect("request")
+        };
+
+        let tcp = step("connect", TcpStream::connect(proxy.http)).await.expect("connect");
+        let replies = http1(tcp, vec![post(2)]).await;
+        assert_eq!(replies[0].status, StatusCode::OK, "{}", replies[0].text());
+        assert_eq!(replies[0].text(), "2048");
+
+        let mut request =
+            b"POST /upload HTTP/1.1\r\nHost: a.example.com\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                .to_vec();
+        for _ in 0..64 {
+            request.extend_from_slice(b"400\r\n");
+            request.extend_from_slice(&[b'x'; 1024]);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        let answer = raw_exchange(proxy.http, &request).await;
+        assert!(answer.status_line().starts_with("HTTP/1.1 413"), "{answer:?}");
+        assert_problem(&answer, "body-too-large", 413);
+    })
+    .await;
+}
+
+/// Checks an RFC 9457 problem document.
+fn assert_problem(answer: &RawAnswer, kind: &str, status: u16) {
+    assert_eq!(answer.header("content-type"), Some("application/problem+json"), "{answer:?}");
+    let problem: serde_json::Value = serde_json::from_slice(&answer.body).expect("a JSON problem document");
+    assert_eq!(problem["type"], format!("https://sluice.dev/problems/{kind}"));
+    assert_eq!(problem["status"], status);
+}
+
+// ---------------------------------------------------------------------------
+// Graceful shutdown
+
+/// An upstream that reports each request's arrival on `arrived`, then
+/// answers `slow` after 500 ms (100 ms for `/warm`).
+async fn slow_upstream(arrived: mpsc::UnboundedSender<()>) -> Server {
+    Server::start(move |stream| {
+        let arrived = arrived.clone();
+        async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let arrived = arrived.clone();
+                async move {
+                    let _ = arrived.send(());
+                    let delay = if req.uri().path() == "/warm" { 100 } else { 500 };
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"slow"))))
+                }
+            });
+            // HTTP/1.1, or HTTP/2 with prior knowledge (gRPC from the proxy).
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    })
+    .await
+}
+
+async fn arrivals(arrived: &mut mpsc::UnboundedReceiver<()>, n: usize) {
+    for _ in 0..n {
+        step("a request reaches the upstream", arrived.recv()).await.expect("the upstream is running");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_requests_then_refuses_connections() {
+    within(async {
+        let (tx, mut arrived) = mpsc::unbounded_channel();
+        let upstream = slow_upstream(tx).await;
+        let limits = Limits { shutdown_grace_ms: 10_000, ..Limits::default() };
+        let mut proxy = Proxy::start_with(&route("slow", "/", &[&upstream.url()], ""), limits, false);
+        assert_clean(&proxy);
+        let (http, admin) = (proxy.http, proxy.admin);
+
+        // An idle keep-alive connection must not hold shutdown up.
+        let idle = step("connect", TcpStream::connect(http)).await.expect("connect");
+        let (mut idle_sender, idle_conn) =
+            step("handshake", hyper::client::conn::http1::handshake(TokioIo::new(idle))).await.expect("handshake");
+        let idle_task = tokio::spawn(idle_conn);
+        let warm =
+            step("warm-up request", idle_sender.send_request(get("/warm", "a.example.com"))).await.expect("a response");
+        assert_eq!(Reply::read(warm).await.status, StatusCode::OK);
+        arrivals(&mut arrived, 1).await;
+
+        let tcp = step("connect", TcpStream::connect(http)).await.expect("connect");
+        let in_flight = tokio::spawn(http1(tcp, vec![get("/slow", "a.example.com")]));
+        arrivals(&mut arrived, 1).await;
+
+        let started = Instant::now();
+        let shutdown = tokio::task::spawn_blocking(move || {
+            proxy.shutdown();
+            proxy
+        });
+        let replies = step("the in-flight request", in_flight).await.expect("the request task");
+        assert_eq!(replies[0].status, StatusCode::OK, "{}", replies[0].text());
+        assert_eq!(replies[0].text(), "slow");
+        let proxy = step("shutdown", shutdown).await.expect("shutdown completes");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "shutdown waited {took:?}: longer than the in-flight request");
+
+        // The idle connection was closed by the proxy.
+        let _ = step("the idle connection closes", idle_task).await;
+        drop(idle_sender);
+
+        for addr in [http, admin] {
+            let outcome = step("connect after shutdown", TcpStream::connect(addr)).await;
+            let err = outcome.expect_err("no new connection after shutdown");
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{addr}: {err}");
+        }
+        drop(proxy);
+    })
+    .await;
+}
+
+/// One request on its own connection: HTTP/1.1, or gRPC-style HTTP/2
+/// with prior knowledge (which the proxy sends upstream over HTTP/2).
+async fn one_request(proxy: SocketAddr, path: &'static str, grpc: bool) -> Reply {
+    let tcp = step("connect", TcpStream::connect(proxy)).await.expect("connect");
+    let mut replies = if grpc {
+        let request = Request::post(format!("http://a.example.com{path}"))
+            .version(Version::HTTP_2)
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .body(Full::new(Bytes::from_static(b"\x00\x00\x00\x00\x00")))
+            .expect("request");
+        http2(tcp, vec![request]).await
+    } else {
+        http1(tcp, vec![get(path, "a.example.com")]).await
+    };
+    replies.remove(0)
+}
+
+/// A proxy with many workers: warm-up requests leave upstream connections
+/// opened (and driven) by some workers, then requests in flight when
+/// shutdown starts must all complete. A worker may be driving an upstream
+/// connection that another worker's in-flight request uses (the shared
+/// client multiplexes every gRPC request on one HTTP/2 connection), so no
+/// worker may stop its runtime before every worker has drained.
+async fn shutdown_on_many_workers(workers: usize, warm: usize, slow: usize, grpc: bool) {
+    let (tx, mut arrived) = mpsc::unbounded_channel();
+    let upstream = slow_upstream(tx).await;
+    let dir = support::TempDir::new();
+    dir.write("routes.yaml", &route("slow", "/", &[&upstream.url()], ""));
+    let gateway = Gateway::new(Limits { shutdown_grace_ms: 10_000, ..Limits::default() }, "test");
+    assert!(standalone::apply(&gateway, &standalone::load(&dir.0)), "the config installs");
+    let config = ServerConfig {
+        http: vec!["127.0.0.1:0".parse().expect("addr")],
+        https: Vec::new(),
+        admin: "127.0.0.1:0".parse().expect("addr"),
+        workers,
+    };
+    let running = sluice_proxy::start(gateway, &config).expect("the proxy starts");
+    let http = running.http[0];
+    let wave =
+        |path: &'static str, n: usize| (0..n).map(|_| tokio::spawn(one_request(http, path, grpc))).collect::<Vec<_>>();
+
+    for task in wave("/warm", warm) {
+        let reply = step("warm-up", task).await.expect("the request task");
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    arrivals(&mut arrived, warm).await;
+
+    let in_flight = wave("/slow", slow);
+    arrivals(&mut arrived, slow).await;
+    let shutdown = tokio::task::spawn_blocking(move || running.shutdown());
+    for task in in_flight {
+        let reply = step("an in-flight request", task).await.expect("the request task");
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.text(), "slow");
+    }
+    step("shutdown", shutdown).await.expect("shutdown completes");
+    let refused = step("connect after shutdown", TcpStream::connect(http)).await;
+    assert!(refused.is_err(), "no new connection after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_with_http1_requests_in_flight_on_many_workers() {
+    within(shutdown_on_many_workers(8, 8, 8, false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_with_grpc_requests_in_flight_on_many_workers() {
+    // One warm-up request opens the shared HTTP/2 upstream connection on
+    // one worker; one slow request most likely lands on another worker.
+    within(shutdown_on_many_workers(16, 1, 1, true)).await;
+}
