@@ -235,7 +235,20 @@ async fn accept_loop(
         let gateway = gateway.clone();
         let graceful = graceful.watcher();
         match &tls {
-            None => serve(gateway, stream, client, false, graceful),
+            None => {
+                // NB: hyper's version sniffing waits for the first byte with
+                // no timer of its own, so a connection that never sends is
+                // closed here after the header-read timeout.
+                let timeout = Duration::from_millis(gateway.limits.header_read_timeout_ms);
+                tokio::spawn(async move {
+                    let mut first = [0u8; 1];
+                    if let Ok(Ok(n)) = tokio::time::timeout(timeout, stream.peek(&mut first)).await
+                        && n > 0
+                    {
+                        serve(gateway, stream, client, false, graceful);
+                    }
+                });
+            }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let timeout = Duration::from_millis(gateway.limits.header_read_timeout_ms);

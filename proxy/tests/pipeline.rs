@@ -229,43 +229,16 @@ async fn retries_move_to_another_endpoint() {
     // One Service-like group with three endpoints: round robin starts
     // anywhere, and retries skip endpoints already tried.
     let yaml = format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{ name: web }}
-spec: {{ ports: [{{ name: http, port: 80 }}] }}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{ name: web-1, labels: {{ kubernetes.io/service-name: web }} }}
-addressType: IPv4
-ports: [{{ name: http, port: {gp} }}]
-endpoints: [{{ addresses: ["127.0.0.1"] }}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{ name: web-2, labels: {{ kubernetes.io/service-name: web }} }}
-addressType: IPv4
-ports: [{{ name: http, port: {bp} }}]
-endpoints: [{{ addresses: ["127.0.0.1"] }}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{ name: web-3, labels: {{ kubernetes.io/service-name: web }} }}
-addressType: IPv4
-ports: [{{ name: http, port: {rp} }}]
-endpoints: [{{ addresses: ["127.0.0.1"] }}]
----
-apiVersion: sluice.dev/v1alpha1
+        "{}---\n{}",
+        service("web", &[good.addr.port(), bad.addr.port(), refused.port()]),
+        r#"apiVersion: sluice.dev/v1alpha1
 kind: ApiRoute
-metadata: {{ name: retried }}
+metadata: { name: retried }
 spec:
-  matches: [{{ path: {{ type: PathPrefix, value: / }} }}]
-  backend: {{ services: [{{ name: web, port: 80 }}] }}
-  retries: {{ attempts: 2, on: [ConnectFailure, GatewayError], backoff: 1ms, budgetPercent: 100 }}
-"#,
-        gp = good.addr.port(),
-        bp = bad.addr.port(),
-        rp = refused.port()
+  matches: [{ path: { type: PathPrefix, value: / } }]
+  backend: { services: [{ name: web, port: 80 }] }
+  retries: { attempts: 2, on: [ConnectFailure, GatewayError], backoff: 1ms, budgetPercent: 100 }
+"#
     );
     let proxy = Proxy::start(&yaml);
     // Six requests at most two retries each stay within the budget (10 to
@@ -287,35 +260,16 @@ async fn passive_health_ejects_and_brings_back() {
     let good = Upstream::named("good").await;
     let bad = Upstream::start(|_| status(500)).await;
     let yaml = format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{ name: web }}
-spec: {{ ports: [{{ name: http, port: 80 }}] }}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{ name: web-1, labels: {{ kubernetes.io/service-name: web }} }}
-addressType: IPv4
-ports: [{{ name: http, port: {gp} }}]
-endpoints: [{{ addresses: ["127.0.0.1"] }}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{ name: web-2, labels: {{ kubernetes.io/service-name: web }} }}
-addressType: IPv4
-ports: [{{ name: http, port: {bp} }}]
-endpoints: [{{ addresses: ["127.0.0.1"] }}]
----
-apiVersion: sluice.dev/v1alpha1
+        "{}---\n{}",
+        service("web", &[good.addr.port(), bad.addr.port()]),
+        r#"apiVersion: sluice.dev/v1alpha1
 kind: ApiRoute
-metadata: {{ name: checked }}
+metadata: { name: checked }
 spec:
-  matches: [{{ path: {{ type: PathPrefix, value: / }} }}]
-  backend: {{ services: [{{ name: web, port: 80 }}] }}
-  passiveHealth: {{ consecutiveFailures: 2, baseEjection: 300ms, maxEjectionPercent: 50 }}
-"#,
-        gp = good.addr.port(),
-        bp = bad.addr.port()
+  matches: [{ path: { type: PathPrefix, value: / } }]
+  backend: { services: [{ name: web, port: 80 }] }
+  passiveHealth: { consecutiveFailures: 2, baseEjection: 300ms, maxEjectionPercent: 50 }
+"#
     );
     let proxy = Proxy::start(&yaml);
     // Round robin alternates until the bad endpoint fails twice in a row.

@@ -952,3 +952,43 @@ async fn graceful_shutdown_with_grpc_requests_in_flight_on_many_workers() {
     // one worker; one slow request most likely lands on another worker.
     within(shutdown_on_many_workers(16, 1, 1, true)).await;
 }
+
+// ---------------------------------------------------------------- slow clients
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_idle_and_slow_clients_are_cut_off_after_the_header_read_timeout() {
+    within(async {
+        let limits = Limits { header_read_timeout_ms: 300, ..Limits::default() };
+        let direct = "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: ok }\nspec:\n  backend: { directResponse: { status: 200, body: ok } }\n";
+        let proxy = Proxy::start_with(direct, limits, false);
+        let closed_within = |mut stream: TcpStream| async move {
+            let started = Instant::now();
+            let mut buf = [0u8; 1024];
+            loop {
+                match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+                    Ok(Ok(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        };
+        // A client that connects and never sends a byte.
+        let silent = TcpStream::connect(proxy.http).await.expect("connect");
+        let waited = closed_within(silent).await.expect("a silent connection is closed");
+        assert!(waited >= Duration::from_millis(250), "closed too early: {waited:?}");
+
+        // A client that sends half a request head.
+        let mut slow = TcpStream::connect(proxy.http).await.expect("connect");
+        slow.write_all(b"GET / HTTP/1.1\r\nHo").await.expect("write");
+        assert!(closed_within(slow).await.is_some(), "a half-sent head is cut off");
+
+        // A keep-alive connection left idle after a request.
+        let mut idle = TcpStream::connect(proxy.http).await.expect("connect");
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 512];
+        let n = idle.read(&mut buf).await.expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        assert!(closed_within(idle).await.is_some(), "an idle keep-alive connection is closed");
+    })
+    .await;
+}

@@ -306,3 +306,17 @@ pub fn route(name: &str, path: &str, upstreams: &[&str], extra: &str) -> String 
         "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata:\n  name: {name}\nspec:\n  matches:\n    - path: {{ type: PathPrefix, value: {path} }}\n  backend:\n    upstreams:\n{ups}{extra}---\n"
     )
 }
+
+/// A Service `name` (port 80, named http) with one EndpointSlice per
+/// upstream port, all on 127.0.0.1.
+pub fn service(name: &str, ports: &[u16]) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{ name: {name} }}\nspec: {{ ports: [{{ name: http, port: 80 }}] }}\n"
+    );
+    for (i, port) in ports.iter().enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{ name: {name}-{i}, labels: {{ kubernetes.io/service-name: {name} }} }}\naddressType: IPv4\nports: [{{ name: http, port: {port} }}]\nendpoints: [{{ addresses: [\"127.0.0.1\"] }}]\n"
+        ));
+    }
+    yaml
+}
