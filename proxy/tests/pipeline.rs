@@ -147,10 +147,10 @@ async fn forwarding_headers_and_transforms() {
 }
 
 #[tokio::test]
-async fn round_robin_weights_and_consistent_hash() {
+async fn round_robin_and_weights() {
     let (a, b) = (Upstream::named("a").await, Upstream::named("b").await);
     let yaml = format!(
-        r#"{}{}
+        r#"{}
 apiVersion: sluice.dev/v1alpha1
 kind: ApiRoute
 metadata: {{ name: weighted }}
@@ -162,12 +162,6 @@ spec:
       - {{ url: "{}", weight: 0 }}
 "#,
         route("rr", "/rr", &[&a.url(), &b.url()], ""),
-        route(
-            "hash",
-            "/hash",
-            &[&a.url(), &b.url()],
-            "  loadBalancer: { policy: ConsistentHash, hashHeader: x-user }\n"
-        ),
         a.url(),
         b.url()
     );
@@ -182,6 +176,41 @@ spec:
     for _ in 0..10 {
         assert_eq!(get(&proxy.url("/weighted")).await.text(), "a");
     }
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_a_key_on_one_endpoint() {
+    let ups = [Upstream::named("a").await, Upstream::named("b").await, Upstream::named("c").await];
+    let yaml = format!(
+        "{}---\n{}",
+        service("hashed", &[ups[0].addr.port(), ups[1].addr.port(), ups[2].addr.port()]),
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: ApiRoute
+metadata: { name: hashed }
+spec:
+  matches: [{ path: { type: PathPrefix, value: / } }]
+  backend: { services: [{ name: hashed, port: 80 }] }
+  loadBalancer: { policy: ConsistentHash, hashHeader: X-User }
+"#
+    );
+    let proxy = Proxy::start(&yaml);
+    let mut owners = std::collections::BTreeSet::new();
+    for user in 0..30 {
+        let ask = || {
+            send(
+                Request::get(proxy.url("/"))
+                    .header("x-user", format!("user-{user}"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("req"),
+            )
+        };
+        let first = ask().await.text();
+        for _ in 0..3 {
+            assert_eq!(ask().await.text(), first, "user-{user} moved to another endpoint");
+        }
+        owners.insert(first);
+    }
+    assert!(owners.len() >= 2, "30 keys all landed on {owners:?}");
 }
 
 #[tokio::test]
