@@ -94,7 +94,7 @@ pub fn translate(inputs: &Inputs) -> Translation {
 
     let mut snapshot = Snapshot {
         version: String::new(),
-        routes: sorted_by_key(routes, |r| r.id.clone()),
+        routes: sorted_by(routes, |a, b| a.id.cmp(&b.id)),
         reserved_hosts: tenancy.reserved_hosts(),
         certificates,
         tenants: tenancy.policies(),
@@ -147,12 +147,12 @@ impl Serialize for SnapshotContent<'_> {
 }
 
 /// Sorts large values by moving each one twice instead of O(n log n)
-/// times: the keys are sorted, then the values are taken in that order.
-pub(crate) fn sorted_by_key<T, K: Ord>(items: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
-    let mut order: Vec<(K, usize)> = items.iter().enumerate().map(|(i, item)| (key(item), i)).collect();
-    order.sort();
+/// times: indices are sorted, then the values are taken in that order.
+pub(crate) fn sorted_by<T>(items: Vec<T>, compare: impl Fn(&T, &T) -> std::cmp::Ordering) -> Vec<T> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| compare(&items[a], &items[b]));
     let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
-    order.into_iter().filter_map(|(_, i)| slots[i].take()).collect()
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 /// Statuses being collected.

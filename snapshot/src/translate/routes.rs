@@ -634,7 +634,9 @@ pub struct Accepted {
 /// host + method + match it serves (and every TLS host it brings); a source
 /// that hits an earlier claim is rejected whole, naming the winner.
 pub fn resolve_conflicts(candidates: Vec<Candidate>, out: &mut Output) -> Accepted {
-    let candidates = super::sorted_by_key(candidates, |c| (c.age.clone(), c.route.source.clone(), c.route.id.clone()));
+    let candidates = super::sorted_by(candidates, |a, b| {
+        (&a.age, &a.route.source, &a.route.id).cmp(&(&b.age, &b.route.source, &b.route.id))
+    });
     // Claims point into `owners`, so a claim costs one String.
     let mut claims: BTreeMap<String, usize> = BTreeMap::new();
     let mut owners: Vec<ObjectRef> = Vec::new();
