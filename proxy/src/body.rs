@@ -2,6 +2,8 @@
 //! answers with.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -18,8 +20,9 @@ pub enum RequestBody {
     Empty,
     /// A buffered body (small enough to replay on a retry).
     Full(Full<Bytes>),
-    /// The client's body, streamed once, with the size limit.
-    Stream(Limited<Incoming>),
+    /// The client's body, streamed once, with the size limit; the counter
+    /// adds up the bytes sent (for the call log and metrics).
+    Stream(Limited<Incoming>, Arc<AtomicU64>),
 }
 
 impl Body for RequestBody {
@@ -30,7 +33,15 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
-            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Stream(b, sent) => {
+                let polled = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                polled
+            }
         }
     }
 
@@ -38,7 +49,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::Full(b) => b.is_end_stream(),
-            RequestBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Stream(b, _) => b.is_end_stream(),
         }
     }
 
@@ -46,7 +57,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Full(b) => b.size_hint(),
-            RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Stream(b, _) => b.size_hint(),
         }
     }
 }

@@ -232,6 +232,25 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of a route that is no longer served (and of its
+    /// upstream groups), so removed routes do not linger in `/metrics`.
+    pub fn forget_route(&self, route: &str, upstreams: &[String]) {
+        let label = RouteLabel { route: route.to_owned() };
+        self.duration.remove(&label);
+        self.request_bytes.remove(&label);
+        self.response_bytes.remove(&label);
+        for status_class in StatusClass::ALL {
+            self.requests.remove(&RouteStatus { route: route.to_owned(), status_class });
+            for upstream in upstreams {
+                self.upstream_requests.remove(&UpstreamStatus {
+                    route: route.to_owned(),
+                    upstream: upstream.clone(),
+                    status_class,
+                });
+            }
+        }
+    }
+
     /// Counts a failed upstream call.
     pub fn upstream_error(&self, route: &RouteMetrics, upstream: &str, error: &'static str) {
         self.upstream_errors

@@ -85,6 +85,7 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
         error: None,
         cors_origin: None,
         bytes_in: content_length(req.headers()).unwrap_or(0),
+        bytes_in_streamed: None,
         snapshot_version: current.as_ref().map(|c| c.version.clone()).unwrap_or_else(|| Arc::from("")),
     };
     let Some(compiled) = current else {
@@ -239,7 +240,9 @@ async fn payload(
         ex.bytes_in = bytes.len() as u64;
         return Ok(Payload::Buffered(bytes));
     }
-    Ok(Payload::Stream(Some(RequestBody::Stream(Limited::new(body, limit as usize)))))
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    ex.bytes_in_streamed = Some(sent.clone());
+    Ok(Payload::Stream(Some(RequestBody::Stream(Limited::new(body, limit as usize), sent))))
 }
 
 async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Option<hyper::upgrade::OnUpgrade>) {
@@ -296,6 +299,7 @@ fn finish(
         upstream_latency: ex.upstream_latency,
         started: ex.started,
         bytes_in: ex.bytes_in,
+        bytes_in_streamed: ex.bytes_in_streamed,
         error: ex.error,
         snapshot: ex.snapshot_version,
         metrics,

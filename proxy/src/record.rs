@@ -30,6 +30,7 @@ pub struct Record {
     pub upstream_latency: Option<Duration>,
     pub started: Instant,
     pub bytes_in: u64,
+    pub bytes_in_streamed: Option<Arc<std::sync::atomic::AtomicU64>>,
     pub error: Option<&'static str>,
     pub snapshot: Arc<str>,
     pub metrics: RouteMetrics,
@@ -38,7 +39,13 @@ pub struct Record {
 impl Record {
     fn finish(&self, bytes_out: u64) {
         let elapsed = self.started.elapsed();
-        self.metrics.record(self.status, elapsed.as_secs_f64(), self.bytes_in, bytes_out);
+        // A streamed body (chunked, or too large to buffer) is counted as it
+        // is sent; Content-Length is the figure otherwise.
+        let bytes_in = match &self.bytes_in_streamed {
+            Some(sent) => sent.load(std::sync::atomic::Ordering::Relaxed),
+            None => self.bytes_in,
+        };
+        self.metrics.record(self.status, elapsed.as_secs_f64(), bytes_in, bytes_out);
         if !calllog::enabled() {
             return;
         }
@@ -56,7 +63,7 @@ impl Record {
             upstream: self.upstream.as_deref(),
             upstream_ms: self.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
             total_ms: elapsed.as_secs_f64() * 1e3,
-            bytes_in: self.bytes_in,
+            bytes_in,
             bytes_out,
             error: self.error,
             snapshot: &self.snapshot,

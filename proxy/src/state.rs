@@ -228,7 +228,17 @@ impl Gateway {
     /// finish on the snapshot they started with.
     pub fn install(&self, translation: &Translation) -> Arc<Compiled> {
         let compiled = Arc::new(Compiled::new(Arc::new(translation.snapshot.clone()), &self.upstreams, &self.metrics));
-        self.current.store(Some(compiled.clone()));
+        let previous = self.current.swap(Some(compiled.clone()));
+        // Routes that are gone take their series with them.
+        for route in previous.iter().flat_map(|p| &p.snapshot.routes) {
+            if compiled.snapshot.route(&route.id).is_none() {
+                let upstreams: Vec<String> = match &route.backend {
+                    Backend::Upstreams { groups } => groups.iter().map(|g| g.name.clone()).collect(),
+                    _ => Vec::new(),
+                };
+                self.metrics.forget_route(&route.id, &upstreams);
+            }
+        }
         compiled
     }
 

@@ -483,3 +483,64 @@ async fn reload_under_load_fails_no_request() {
     assert!(ok > 100, "only {ok} requests ran");
     assert_eq!(get(&proxy.url("/load")).await.header("x-generation"), Some("19"));
 }
+
+#[tokio::test]
+async fn removed_routes_leave_metrics_and_streamed_bodies_are_counted() {
+    let upstream = Upstream::named("stored").await;
+    let two =
+        format!("{}{}", route("keep", "/keep", &[&upstream.url()], ""), route("drop", "/drop", &[&upstream.url()], ""));
+    let proxy = Proxy::start(&two);
+    sluice_proxy::calllog::capture();
+    assert_eq!(get(&proxy.url("/drop")).await.text(), "stored");
+
+    // A chunked upload (no Content-Length) is counted as it streams.
+    let chunks = chunked_body(&[b"hello ", b"streamed ", b"world"]);
+    let answer = send_streaming(&proxy.url("/keep"), chunks).await;
+    assert_eq!(answer, 200);
+    assert_eq!(upstream.last().body, Bytes::from("hello streamed world"));
+    let mut line = None;
+    for _ in 0..50 {
+        let captured = String::from_utf8(sluice_proxy::calllog::capture()).expect("utf-8");
+        line = captured.lines().find(|l| l.contains("\"path\":\"/keep\"")).map(str::to_owned);
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let json: serde_json::Value = serde_json::from_str(&line.expect("a call log line for /keep")).expect("json");
+    assert_eq!(json["bytes_in"], 20, "{json}");
+
+    let metrics = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(metrics.contains(r#"route="default/drop""#), "{metrics}");
+    proxy.reload(&route("keep", "/keep", &[&upstream.url()], "")).await;
+    let metrics = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(!metrics.contains(r#"route="default/drop""#), "series of a removed route remain:\n{metrics}");
+    assert!(metrics.contains(r#"route="default/keep""#), "{metrics}");
+}
+
+/// A request body sent in chunks, with no Content-Length (so hyper sends
+/// it chunked).
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+}
+
+fn chunked_body(chunks: &[&'static [u8]]) -> Chunks {
+    Chunks(chunks.iter().map(|c| Bytes::from_static(c)).collect())
+}
+
+async fn send_streaming(url: &str, body: Chunks) -> u16 {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let response = client.request(Request::post(url).body(body).expect("req")).await.expect("request");
+    response.status().as_u16()
+}
