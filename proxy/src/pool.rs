@@ -26,7 +26,7 @@ const MAX_IDLE: usize = 512;
 type Idle = Vec<(SendRequest<RequestBody>, Instant)>;
 
 thread_local! {
-    static IDLE: RefCell<HashMap<Arc<str>, Idle>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<Arc<str>, Idle, crate::balance::Fnv>> = RefCell::new(HashMap::default());
 }
 
 /// Why a pooled send failed.

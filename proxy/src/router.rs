@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 
+use crate::balance::Fnv;
+
 use crds::{Method, PathMatchType, ValueMatchType};
 use http::HeaderMap;
 use regex::Regex;
@@ -111,8 +113,8 @@ impl Entry {
 
 #[derive(Debug, Default)]
 struct Table {
-    exact: HashMap<String, Vec<Entry>>,
-    prefix: HashMap<String, Vec<Entry>>,
+    exact: HashMap<String, Vec<Entry>, Fnv>,
+    prefix: HashMap<String, Vec<Entry>, Fnv>,
     /// Distinct expressions in snapshot order, each with its entries.
     regex: Vec<(Regex, Vec<Entry>)>,
 }
@@ -170,7 +172,7 @@ impl Table {
 /// The compiled routing table of one snapshot.
 #[derive(Debug, Default)]
 pub struct Router {
-    exact_hosts: HashMap<String, Table>,
+    exact_hosts: HashMap<String, Table, Fnv>,
     /// `(".suffix", table)`, longest suffix first.
     wildcard_hosts: Vec<(String, Table)>,
     any_host: Table,
