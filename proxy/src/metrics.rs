@@ -207,16 +207,16 @@ impl RouteMetrics {
 
 impl Metrics {
     /// Resolves the handles of one route (`""` for unrouted requests).
-    pub fn route(&self, route: &str) -> RouteMetrics {
+    pub fn route(&self, route: &str) -> Arc<RouteMetrics> {
         let label = RouteLabel { route: route.to_owned() };
-        RouteMetrics {
+        Arc::new(RouteMetrics {
             route: Arc::from(route),
             requests: StatusClass::ALL
                 .map(|c| self.requests.get_or_create_owned(&RouteStatus { route: route.to_owned(), status_class: c })),
             duration: self.duration.get_or_create_owned(&label),
             request_bytes: self.request_bytes.get_or_create_owned(&label),
             response_bytes: self.response_bytes.get_or_create_owned(&label),
-        }
+        })
     }
 
     /// Resolves the handles of one upstream group of a route.

@@ -33,7 +33,7 @@ pub struct Record {
     pub bytes_in_streamed: Option<Arc<std::sync::atomic::AtomicU64>>,
     pub error: Option<&'static str>,
     pub snapshot: Arc<str>,
-    pub metrics: RouteMetrics,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl Record {

@@ -73,7 +73,7 @@ pub struct RouteRuntime {
     /// Whether the backend retries (so small bodies are buffered).
     pub retries: bool,
     /// Metric handles.
-    pub metrics: RouteMetrics,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// A snapshot compiled for serving.
@@ -88,7 +88,7 @@ pub struct Compiled {
     /// Routes, indexed like `snapshot.routes`.
     pub routes: Vec<RouteRuntime>,
     /// Handles for requests no route matched.
-    pub unrouted: RouteMetrics,
+    pub unrouted: Arc<RouteMetrics>,
     /// TLS certificates by SNI.
     pub certificates: Certificates,
 }

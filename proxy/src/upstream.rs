@@ -260,6 +260,19 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     if count == 0 {
         return;
     }
+    // The usual case on responses: only `Connection: keep-alive` (or close).
+    if count == 1 && present[0].as_ref() == Some(&header::CONNECTION) {
+        let usual = headers.get_all(header::CONNECTION).iter().all(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .all(|t| ["keep-alive", "close", "upgrade"].iter().any(|c| t.trim().eq_ignore_ascii_case(c)))
+            })
+        });
+        if usual {
+            headers.remove(header::CONNECTION);
+            return;
+        }
+    }
     // Headers the Connection header names are hop-by-hop too (its usual
     // tokens, keep-alive, close and upgrade, name no other header).
     let named: Vec<HeaderName> = headers
