@@ -23,7 +23,8 @@ use crate::body::RequestBody;
 /// At most this many idle connections per upstream address and thread.
 const MAX_IDLE: usize = 512;
 
-type Idle = Vec<(SendRequest<RequestBody>, Instant)>;
+/// Idle connections of one address: sender, idle since, idle timeout.
+type Idle = Vec<(SendRequest<RequestBody>, Instant, Duration)>;
 
 thread_local! {
     static IDLE: RefCell<HashMap<Arc<str>, Idle, crate::balance::Fnv>> = RefCell::new(HashMap::default());
@@ -43,6 +44,7 @@ pub enum SendError {
 pub struct Checkin {
     sender: SendRequest<RequestBody>,
     address: Arc<str>,
+    idle_timeout: Duration,
 }
 
 impl Checkin {
@@ -55,7 +57,7 @@ impl Checkin {
             let mut idle = idle.borrow_mut();
             let list = idle.entry(self.address).or_default();
             if list.len() < MAX_IDLE {
-                list.push((self.sender, Instant::now()));
+                list.push((self.sender, Instant::now(), self.idle_timeout));
             }
         });
     }
@@ -66,13 +68,31 @@ fn checkout(address: &Arc<str>, idle_timeout: Duration) -> Option<SendRequest<Re
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(address)?;
-        while let Some((sender, since)) = list.pop() {
+        while let Some((sender, since, _)) = list.pop() {
             if !sender.is_closed() && since.elapsed() < idle_timeout {
                 return Some(sender);
             }
         }
         None
     })
+}
+
+/// Closes this thread's connections that have been idle longer than their
+/// route's idle timeout (or that the upstream closed). Each worker calls it
+/// about once a second, so idle connections do not linger when traffic stops.
+pub fn sweep() {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        for list in idle.values_mut() {
+            list.retain(|(sender, since, timeout)| !sender.is_closed() && since.elapsed() < *timeout);
+        }
+        idle.retain(|_, list| !list.is_empty());
+    });
+}
+
+/// How many idle connections this thread holds (for tests and metrics).
+pub fn idle_connections() -> usize {
+    IDLE.with(|idle| idle.borrow().values().map(Vec::len).sum())
 }
 
 async fn connect(
@@ -124,7 +144,7 @@ pub async fn send(
             return Err(SendError::Connect("the new connection closed before the request".into()));
         }
         match sender.try_send_request(request).await {
-            Ok(response) => return Ok((response, Checkin { sender, address: address.clone() })),
+            Ok(response) => return Ok((response, Checkin { sender, address: address.clone(), idle_timeout })),
             Err(mut err) => match err.take_message() {
                 // Never written: safe to send again, on a fresh connection.
                 Some(unsent) if reused => request = unsent,

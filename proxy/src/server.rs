@@ -181,11 +181,19 @@ async fn worker_loop(
             }
         }
     }
-    // The call log of this worker is flushed every 100 ms.
+    // The call log of this worker is flushed every 100 ms; its idle
+    // upstream connections are swept every second.
     let mut flush = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks: u32 = 0;
     loop {
         tokio::select! {
-            _ = flush.tick() => calllog::flush(),
+            _ = flush.tick() => {
+                calllog::flush();
+                ticks = ticks.wrapping_add(1);
+                if ticks % 10 == 0 {
+                    crate::pool::sweep();
+                }
+            }
             _ = shutdown.changed() => break,
         }
     }

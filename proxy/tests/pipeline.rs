@@ -544,3 +544,21 @@ async fn send_streaming(url: &str, body: Chunks) -> u16 {
     let response = client.request(Request::post(url).body(body).expect("req")).await.expect("request");
     response.status().as_u16()
 }
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let upstream = Upstream::named("up").await;
+    let proxy = Proxy::start(&route("idle", "/", &[&upstream.url()], "  timeouts: { idle: 300ms }\n"));
+    for _ in 0..3 {
+        assert_eq!(get(&proxy.url("/")).await.text(), "up");
+    }
+    assert!(upstream.open.load(std::sync::atomic::Ordering::SeqCst) >= 1, "a pooled connection stays open");
+    // Idle 300 ms, swept within about a second after that.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while upstream.open.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        assert!(std::time::Instant::now() < deadline, "idle upstream connections were not closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A later request opens a fresh one and is served.
+    assert_eq!(get(&proxy.url("/")).await.text(), "up");
+}

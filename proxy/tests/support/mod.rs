@@ -152,6 +152,8 @@ type Handler = Arc<dyn Fn(Seen) -> Response<Full<Bytes>> + Send + Sync>;
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Connections open now.
+    pub open: Arc<AtomicUsize>,
     pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -175,13 +177,15 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
-        let (h, s) = (hits.clone(), seen.clone());
+        let (h, s, o) = (hits.clone(), seen.clone(), open.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
+                let (handler, hits, seen, open) = (handler.clone(), h.clone(), s.clone(), o.clone());
+                open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (handler, hits, seen) = (handler.clone(), hits.clone(), seen.clone());
@@ -205,10 +209,11 @@ impl Upstream {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Upstream { addr, hits, seen, task }
+        Upstream { addr, hits, open, seen, task }
     }
 
     pub fn url(&self) -> String {
