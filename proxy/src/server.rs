@@ -190,7 +190,7 @@ async fn worker_loop(
             _ = flush.tick() => {
                 calllog::flush();
                 ticks = ticks.wrapping_add(1);
-                if ticks % 10 == 0 {
+                if ticks.is_multiple_of(10) {
                     crate::pool::sweep();
                 }
             }
