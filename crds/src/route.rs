@@ -583,8 +583,9 @@ pub struct Retries {
     /// Base back-off between attempts (doubled each time, with jitter).
     #[serde(default = "default_backoff")]
     pub backoff: Duration,
-    /// Retries may add at most this percentage of extra load over the
-    /// last 10 seconds (a retry budget), so retries cannot snowball.
+    /// The retry budget: each request adds this percentage of a retry to
+    /// the route's budget, which also gains 10 retries a second and holds at
+    /// most 100; each retry spends one, so retries cannot snowball.
     #[serde(default = "default_budget")]
     #[schemars(range(min = 1, max = 100))]
     pub budget_percent: u32,

@@ -142,30 +142,74 @@ fn build_client(connect_ms: u64, idle_ms: u64, h2c: bool) -> HttpClient {
     client.build(connector)
 }
 
-/// A retry budget: each request deposits `budget_percent`% of a retry,
-/// each retry withdraws one. It starts with 10 retries and holds at most
-/// 100, so retries cannot multiply an outage's load.
+/// A retry budget, as Linkerd's: each request deposits `budget_percent`% of
+/// a retry, each retry withdraws one, and time adds 10 retries a second
+/// (so a quiet route can still retry). The balance starts at 10 retries and
+/// holds at most 100, so retries cannot multiply an outage's load.
 #[derive(Debug)]
 pub struct RetryBudget {
     /// Balance in thousandths of a retry.
     balance: AtomicI64,
+    /// When time last added to the balance (ms since the proxy started).
+    refilled_ms: AtomicU64,
 }
+
+/// Thousandths of a retry per retry.
+const RETRY: i64 = 1_000;
+/// The most the balance holds.
+const MAX_BALANCE: i64 = 100 * RETRY;
+/// Retries a second that time adds, in thousandths per millisecond.
+const PER_MS: i64 = 10;
 
 impl Default for RetryBudget {
     fn default() -> Self {
-        RetryBudget { balance: AtomicI64::new(10_000) }
+        RetryBudget { balance: AtomicI64::new(10 * RETRY), refilled_ms: AtomicU64::new(now_ms()) }
     }
 }
 
 impl RetryBudget {
     fn deposit(&self, percent: u32) {
-        let _ = self
-            .balance
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some((b + i64::from(percent) * 10).min(100_000)));
+        self.add(i64::from(percent) * RETRY / 100);
+    }
+
+    fn add(&self, amount: i64) {
+        let _ =
+            self.balance.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some((b + amount).min(MAX_BALANCE)));
+    }
+
+    /// Takes one retry, if the budget has one, at `now` (ms).
+    fn withdraw_at(&self, now: u64) -> bool {
+        let last = self.refilled_ms.swap(now, Ordering::Relaxed);
+        if now > last {
+            self.add(((now - last) as i64).saturating_mul(PER_MS));
+        }
+        self.balance.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| (b >= RETRY).then_some(b - RETRY)).is_ok()
     }
 
     fn withdraw(&self) -> bool {
-        self.balance.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| (b >= 1_000).then_some(b - 1_000)).is_ok()
+        self.withdraw_at(now_ms())
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_caps_retries_and_refills_with_requests_and_time() {
+        let budget = RetryBudget { balance: AtomicI64::new(10 * RETRY), refilled_ms: AtomicU64::new(0) };
+        // Ten retries to start with, then none.
+        assert_eq!((0..20).filter(|_| budget.withdraw_at(0)).count(), 10);
+        // Five requests at 20 % pay for one retry.
+        for _ in 0..5 {
+            budget.deposit(20);
+        }
+        assert!(budget.withdraw_at(0));
+        assert!(!budget.withdraw_at(0));
+        // Half a second adds five retries.
+        assert_eq!((0..20).filter(|_| budget.withdraw_at(500)).count(), 5);
+        // The balance never exceeds a hundred retries.
+        assert_eq!((0..200).filter(|_| budget.withdraw_at(1_000_000)).count(), 100);
     }
 }
 
