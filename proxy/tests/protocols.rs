@@ -566,6 +566,55 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_survive_config_reloads() {
+    within(async {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let upstream = upgrade_echo_upstream(seen.clone()).await;
+        let proxy = Proxy::start(&route("ws", "/ws", &[&upstream.url()], ""));
+        let tcp = step("connect", TcpStream::connect(proxy.http)).await.expect("connect");
+        let (mut sender, conn) =
+            step("handshake", hyper::client::conn::http1::handshake(TokioIo::new(tcp))).await.expect("handshake");
+        let conn_task = tokio::spawn(conn.with_upgrades());
+        let request = Request::get("/ws/live")
+            .header(header::HOST, "ws.example.com")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let response = step("the 101", sender.send_request(request)).await.expect("a response");
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let upgraded = step("the upgrade", hyper::upgrade::on(response)).await.expect("the connection upgrades");
+        let mut io = TokioIo::new(upgraded);
+        // Five config changes, including one that removes the route: the
+        // open tunnel keeps echoing through every one of them.
+        for generation in 0..5 {
+            let yaml = if generation == 3 {
+                route("other", "/other", &[&upstream.url()], "")
+            } else {
+                route(
+                    "ws",
+                    "/ws",
+                    &[&upstream.url()],
+                    &format!("  responseTransform: {{ setHeaders: [{{ name: x-gen, value: \"{generation}\" }}] }}\n"),
+                )
+            };
+            step("reload", proxy.reload(&yaml)).await;
+            let message = format!("message after reload {generation}");
+            step("write", io.write_all(message.as_bytes())).await.expect("write");
+            let mut echo = vec![0u8; message.len()];
+            step("read the echo", io.read_exact(&mut echo)).await.expect("the tunnel is still open");
+            assert_eq!(echo, message.as_bytes());
+        }
+        step("shutdown", io.shutdown()).await.expect("close the tunnel");
+        drop(sender);
+        let _ = step("connection task", conn_task).await;
+    })
+    .await;
+}
+
 /// What the gRPC upstream saw: version, headers, body.
 type GrpcSeen = Arc<Mutex<Vec<(Version, HeaderMap, Bytes)>>>;
 
