@@ -512,6 +512,32 @@ async fn upgrade_echo_upstream(seen: Arc<Mutex<Vec<HeaderMap>>>) -> Server {
     .await
 }
 
+/// Opens a WebSocket-style upgrade through the proxy: the 101 answer, the
+/// upgraded stream, and what keeps the client connection alive.
+async fn open_tunnel(
+    proxy: SocketAddr,
+    path: &str,
+) -> (
+    Response<Incoming>,
+    hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tcp = step("connect", TcpStream::connect(proxy)).await.expect("connect");
+    let (mut sender, conn) =
+        step("handshake", hyper::client::conn::http1::handshake(TokioIo::new(tcp))).await.expect("handshake");
+    let conn_task = tokio::spawn(conn.with_upgrades());
+    let request = Request::get(path)
+        .header(header::HOST, "ws.example.com")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = step("the 101", sender.send_request(request)).await.expect("a response");
+    (response, sender, conn_task)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_is_tunnelled_both_ways() {
     within(async {
@@ -520,19 +546,7 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
         let proxy = Proxy::start(&route("ws", "/ws", &[&upstream.url()], ""));
         assert_clean(&proxy);
 
-        let tcp = step("connect", TcpStream::connect(proxy.http)).await.expect("connect");
-        let (mut sender, conn) =
-            step("handshake", hyper::client::conn::http1::handshake(TokioIo::new(tcp))).await.expect("handshake");
-        let conn_task = tokio::spawn(conn.with_upgrades());
-        let request = Request::get("/ws/chat")
-            .header(header::HOST, "ws.example.com")
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::UPGRADE, "websocket")
-            .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .body(Empty::<Bytes>::new())
-            .expect("request");
-        let response = step("the 101", sender.send_request(request)).await.expect("a response");
+        let (response, sender, conn_task) = open_tunnel(proxy.http, "/ws/chat").await;
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(response.headers().get(header::UPGRADE).map(HeaderValue::as_bytes), Some(&b"websocket"[..]));
         assert_eq!(
@@ -572,19 +586,7 @@ async fn websocket_tunnels_survive_config_reloads() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let upstream = upgrade_echo_upstream(seen.clone()).await;
         let proxy = Proxy::start(&route("ws", "/ws", &[&upstream.url()], ""));
-        let tcp = step("connect", TcpStream::connect(proxy.http)).await.expect("connect");
-        let (mut sender, conn) =
-            step("handshake", hyper::client::conn::http1::handshake(TokioIo::new(tcp))).await.expect("handshake");
-        let conn_task = tokio::spawn(conn.with_upgrades());
-        let request = Request::get("/ws/live")
-            .header(header::HOST, "ws.example.com")
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::UPGRADE, "websocket")
-            .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .body(Empty::<Bytes>::new())
-            .expect("request");
-        let response = step("the 101", sender.send_request(request)).await.expect("a response");
+        let (response, sender, conn_task) = open_tunnel(proxy.http, "/ws/live").await;
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         let upgraded = step("the upgrade", hyper::upgrade::on(response)).await.expect("the connection upgrades");
         let mut io = TokioIo::new(upgraded);
