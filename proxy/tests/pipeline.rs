@@ -389,16 +389,7 @@ async fn admin_endpoints_and_call_log() {
     assert!(metrics.contains("sluice_active_connections"), "{metrics}");
 
     // The call log line of that request, once a worker flushed it.
-    let mut line = None;
-    for _ in 0..50 {
-        let captured = String::from_utf8(sluice_proxy::calllog::capture()).expect("utf-8");
-        line = captured.lines().find(|l| l.contains(&id)).map(str::to_owned);
-        if line.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let line = line.expect("a call log line for the request");
+    let line = call_log_line(&id).await;
     assert!(!line.contains("sk-live-secret"), "no secret in the call log: {line}");
     let json: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
     for field in
@@ -498,16 +489,7 @@ async fn removed_routes_leave_metrics_and_streamed_bodies_are_counted() {
     let answer = send_streaming(&proxy.url("/keep"), chunks).await;
     assert_eq!(answer, 200);
     assert_eq!(upstream.last().body, Bytes::from("hello streamed world"));
-    let mut line = None;
-    for _ in 0..50 {
-        let captured = String::from_utf8(sluice_proxy::calllog::capture()).expect("utf-8");
-        line = captured.lines().find(|l| l.contains("\"path\":\"/keep\"")).map(str::to_owned);
-        if line.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let json: serde_json::Value = serde_json::from_str(&line.expect("a call log line for /keep")).expect("json");
+    let json: serde_json::Value = serde_json::from_str(&call_log_line("\"path\":\"/keep\"").await).expect("json");
     assert_eq!(json["bytes_in"], 20, "{json}");
 
     let metrics = get(&proxy.admin_url("/metrics")).await.text();
@@ -561,4 +543,17 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     }
     // A later request opens a fresh one and is served.
     assert_eq!(get(&proxy.url("/")).await.text(), "up");
+}
+
+/// The captured call log line containing `needle`, once a worker has
+/// flushed it (workers flush every 100 ms).
+async fn call_log_line(needle: &str) -> String {
+    for _ in 0..50 {
+        let captured = String::from_utf8(sluice_proxy::calllog::capture()).expect("utf-8");
+        if let Some(line) = captured.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no call log line contains {needle}");
 }

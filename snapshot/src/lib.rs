@@ -24,9 +24,4 @@ mod translate;
 
 pub use inputs::{Inputs, LoadError};
 pub use model::*;
-pub use translate::{Translation, content_version, host_covers, normalize_host, translate};
-
-/// Names used by app API key Secrets.
-pub mod api_keys {
-    pub use crate::translate::api_key_consts::*;
-}
+pub use translate::{Translation, api_keys, content_version, host_covers, normalize_host, translate};

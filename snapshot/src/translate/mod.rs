@@ -44,7 +44,7 @@ use crate::status::{ObjectRef, ObjectStatus, Rejection, StatusCondition, conditi
 pub use hosts::{covers as host_covers, normalize as normalize_host};
 
 /// Names used by app API key Secrets, and the hash the snapshot stores.
-pub mod api_key_consts {
+pub mod api_keys {
     pub use super::tenants::{API_KEY_FIELD, API_KEY_SECRET_TYPE, APP_LABEL, hash_api_key};
 }
 
