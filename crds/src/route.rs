@@ -101,6 +101,25 @@ pub struct ApiRouteSpec {
     /// The API's OpenAPI document, for the catalog.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openapi: Option<OpenApiSource>,
+    /// Whether WebSocket upgrades (`Upgrade: websocket`) are tunnelled to
+    /// the backend. Other upgrades, such as `h2c`, never are.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    #[schemars(default = "yes")]
+    pub websocket: bool,
+    /// Whether repeated slashes in the path are merged (`/a//b` is routed
+    /// and forwarded as `/a/b`). Turn it off for a backend that gives them
+    /// a meaning; the path is still routed with them merged.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    #[schemars(default = "yes")]
+    pub merge_slashes: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(value: &bool) -> bool {
+    *value
 }
 
 /// One way to match a request. All fields given must match.
@@ -589,6 +608,12 @@ pub struct Retries {
     #[serde(default = "default_budget")]
     #[schemars(range(min = 1, max = 100))]
     pub budget_percent: u32,
+    /// Whether requests that are not idempotent (POST, PATCH, or any
+    /// method with a body) are retried after part of them reached the
+    /// upstream. By default they are retried only when nothing was sent
+    /// (a connect failure).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_idempotent: bool,
 }
 
 fn default_attempts() -> u32 {

@@ -70,6 +70,10 @@ pub struct CallLine<'a> {
     pub bytes_out: u64,
     /// Error type, if the request ended in one.
     pub error: Option<&'a str>,
+    /// What went wrong, in full, for upstream and internal errors (never
+    /// sent to the client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'a str>,
     /// Snapshot version that served it.
     pub snapshot: &'a str,
 }

@@ -61,12 +61,37 @@ pub enum ProxyError {
         /// The timeout that expired.
         timeout_ms: u64,
     },
-    /// The route's backend is of a kind this proxy does not serve.
-    #[error("{0}")]
-    BackendUnsupported(String),
     /// No snapshot is installed yet.
     #[error("the gateway has no configuration yet")]
     NotReady,
+    /// The route needs a policy this proxy cannot enforce: it is not
+    /// served rather than served without the policy.
+    #[error("route {route} needs {fields}, which this proxy cannot enforce yet; it is not served")]
+    RouteUnsupported {
+        /// The route.
+        route: String,
+        /// The fields, comma-separated.
+        fields: String,
+    },
+    /// The request uses a protocol feature the gateway does not implement.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// The client sent its body too slowly.
+    #[error("the request body did not arrive within {timeout_ms} ms of the last data")]
+    RequestTimeout {
+        /// The body idle timeout.
+        timeout_ms: u64,
+    },
+    /// The client went away before the answer was sent (recorded as 499,
+    /// as nginx does; nobody receives it).
+    #[error("the client closed the connection before the answer")]
+    ClientClosed,
+    /// The connection's certificate does not cover the requested host.
+    #[error("the certificate of this connection does not cover {host}")]
+    Misdirected {
+        /// The requested host.
+        host: String,
+    },
 }
 
 impl ProxyError {
@@ -80,8 +105,12 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint { .. } => "no-healthy-endpoint",
             ProxyError::UpstreamUnreachable { .. } => "upstream-unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream-timeout",
-            ProxyError::BackendUnsupported(_) => "backend-unsupported",
             ProxyError::NotReady => "not-ready",
+            ProxyError::RouteUnsupported { .. } => "route-unsupported",
+            ProxyError::NotImplemented(_) => "not-implemented",
+            ProxyError::RequestTimeout { .. } => "request-timeout",
+            ProxyError::ClientClosed => "client-closed",
+            ProxyError::Misdirected { .. } => "misdirected-request",
         }
     }
 
@@ -94,20 +123,30 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint { .. } | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BackendUnsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::RouteUnsupported { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            // NB: 499 is nginx's "client closed request"; it is recorded,
+            // never sent.
+            ProxyError::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
     /// Where the error came from.
     pub fn source_side(&self) -> ErrorSource {
         match self {
-            ProxyError::NoRoute { .. } | ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. } => {
-                ErrorSource::Downstream
-            }
+            ProxyError::NoRoute { .. }
+            | ProxyError::BadRequest(_)
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::NotImplemented(_)
+            | ProxyError::RequestTimeout { .. }
+            | ProxyError::ClientClosed
+            | ProxyError::Misdirected { .. } => ErrorSource::Downstream,
             ProxyError::NoHealthyEndpoint { .. }
             | ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. } => ErrorSource::Upstream,
-            ProxyError::BackendUnsupported(_) | ProxyError::NotReady => ErrorSource::Internal,
+            ProxyError::NotReady | ProxyError::RouteUnsupported { .. } => ErrorSource::Internal,
         }
     }
 
@@ -119,14 +158,36 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint { .. } => "No healthy upstream endpoint",
             ProxyError::UpstreamUnreachable { .. } => "Upstream unreachable",
             ProxyError::UpstreamTimeout { .. } => "Upstream timeout",
-            ProxyError::BackendUnsupported(_) => "Backend not supported",
             ProxyError::NotReady => "Not ready",
+            ProxyError::RouteUnsupported { .. } => "Route not served by this proxy",
+            ProxyError::NotImplemented(_) => "Not implemented",
+            ProxyError::RequestTimeout { .. } => "Request timeout",
+            ProxyError::ClientClosed => "Client closed request",
+            ProxyError::Misdirected { .. } => "Misdirected request",
+        }
+    }
+
+    /// What the client is told: never an upstream's address or an internal
+    /// error chain (those are in the `Display` text, for logs).
+    pub fn public_detail(&self) -> String {
+        match self {
+            ProxyError::NoHealthyEndpoint { .. } => "no upstream endpoint of this route is available".into(),
+            ProxyError::UpstreamUnreachable { .. } => {
+                "the upstream could not be reached or failed before answering".into()
+            }
+            ProxyError::UpstreamTimeout { timeout_ms, .. } => {
+                format!("the upstream did not answer within {timeout_ms} ms")
+            }
+            ProxyError::RouteUnsupported { fields, .. } => {
+                format!("this route needs {fields}, which this proxy cannot enforce yet, so it is not served")
+            }
+            other => other.to_string(),
         }
     }
 
     /// The problem document answering this error.
     pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
-        problem(self.status(), self.kind(), self.title(), &self.to_string(), request_id)
+        problem(self.status(), self.kind(), self.title(), &self.public_detail(), request_id)
     }
 }
 

@@ -43,6 +43,9 @@ pub struct Exchange {
     pub upstream_latency: Option<Duration>,
     /// The error type the request ended in, if any.
     pub error: Option<&'static str>,
+    /// What went wrong, in full (upstream addresses, error chains): for the
+    /// call log, never for the client.
+    pub detail: Option<String>,
     /// The request's `Origin`, when CORS applies.
     pub cors_origin: Option<HeaderValue>,
     /// Request body bytes read from the client.

@@ -19,6 +19,7 @@ pub mod body;
 pub mod calllog;
 pub mod errors;
 pub mod exchange;
+pub mod ingress;
 pub mod metrics;
 pub mod pipeline;
 pub mod pool;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Version, header, request};
+use http::{HeaderValue, Request, Response, StatusCode, header, request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
@@ -16,11 +16,12 @@ use hyper_util::rt::TokioIo;
 use crate::body::{RequestBody, ResponseBody, is_length_limit};
 use crate::errors::ProxyError;
 use crate::exchange::Exchange;
+use crate::ingress;
 use crate::record::{Record, RecordBody};
 use crate::router::RequestView;
 use crate::stages::Flow;
 use crate::state::{BackendRuntime, Compiled, Gateway, RouteRuntime};
-use crate::upstream::{Payload, random, strip_hop_by_hop};
+use crate::upstream::{Payload, strip_hop_by_hop};
 
 /// Bodies up to this size are buffered on routes with retries, so a retry
 /// can send them again.
@@ -49,32 +50,19 @@ impl Connection {
 /// Serves one request.
 pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>) -> Response<RecordBody> {
     let started = Instant::now();
-    let (request_id, request_id_value) = match req
-        .headers()
-        .get("x-request-id")
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .and_then(|v| Some((v.to_str().ok()?.to_owned(), v.clone())))
-    {
-        Some(kept) => kept,
-        None => new_request_id(),
-    };
-    let authority = req
-        .uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| req.headers().get(header::HOST).cloned());
-    let host = authority.as_ref().and_then(|a| a.to_str().ok()).map(host_only).unwrap_or_default();
+    let (mut parts, body) = req.into_parts();
+    let (request_id, request_id_value) = request_id(&parts.headers);
     let current = gateway.current.load_full();
-    let mut ex = Exchange {
+    let ex = Exchange {
         request_id,
         request_id_value,
         client: conn.client,
         client_ip: conn.client_ip,
         scheme: if conn.tls { "https" } else { "http" },
-        host,
-        authority,
-        method: req.method().clone(),
-        path: req.uri().path().to_owned(),
+        host: String::new(),
+        authority: None,
+        method: parts.method.clone(),
+        path: parts.uri.path().to_owned(),
         started,
         route_id: None,
         tenant: None,
@@ -83,33 +71,126 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
         upstream: None,
         upstream_latency: None,
         error: None,
+        detail: None,
         cors_origin: None,
-        bytes_in: content_length(req.headers()).unwrap_or(0),
+        bytes_in: content_length(&parts.headers).unwrap_or(0),
         bytes_in_streamed: None,
         snapshot_version: current.as_ref().map(|c| c.version.clone()).unwrap_or_else(|| Arc::from("")),
     };
-    let Some(compiled) = current else {
-        let response = error_response(&mut ex, &ProxyError::NotReady);
-        return finish(gateway, None, ex, response, None);
+    // Until the answer is handed to hyper, a dropped future is a client
+    // that went away: the guard records it as 499.
+    let mut pending = Pending { gateway, compiled: current, route: None, ex, done: false };
+    let ex = &mut pending.ex;
+    let admitted = match ingress::admit(&mut parts) {
+        Ok(admitted) => admitted,
+        Err(error) => {
+            let response = error_response(ex, &error);
+            return pending.finish(response);
+        }
+    };
+    ex.host = admitted.host;
+    ex.authority = admitted.authority;
+    if ex.path != parts.uri.path() {
+        ex.path = parts.uri.path().to_owned();
+    }
+    let Some(compiled) = pending.compiled.clone() else {
+        let response = error_response(ex, &ProxyError::NotReady);
+        return pending.finish(response);
     };
     let found = compiled.router.find(&RequestView {
         host: &ex.host,
-        path: req.uri().path(),
-        method: req.method(),
-        headers: req.headers(),
-        query: req.uri().query(),
+        path: parts.uri.path(),
+        method: &parts.method,
+        headers: &parts.headers,
+        query: parts.uri.query(),
     });
     let Some(found) = found else {
         let error = ProxyError::NoRoute { method: ex.method.to_string(), host: ex.host.clone(), path: ex.path.clone() };
-        let response = error_response(&mut ex, &error);
-        return finish(gateway, Some(&compiled), ex, response, None);
+        let response = error_response(ex, &error);
+        return pending.finish(response);
     };
     let route = &compiled.routes[found.route];
+    pending.route = Some(found.route);
+    let ex = &mut pending.ex;
     ex.route_id = Some(route.id.clone());
     ex.tenant = route.tenant.clone();
     ex.prefix_len = found.prefix_len;
-    let response = run(gateway, route, &mut ex, req).await;
-    finish(gateway, Some(&compiled), ex, response, Some(found.route))
+    if !admitted.websocket || !route.websocket {
+        parts.headers.remove(header::UPGRADE);
+    }
+    if !route.merge_slashes
+        && let Some(unmerged) = &admitted.unmerged
+    {
+        // Routed with slashes merged, forwarded with them kept.
+        let segments = ex.prefix_len.map(|len| parts.uri.path()[..len].matches('/').count());
+        if let Err(error) = ingress::set_path(&mut parts, unmerged) {
+            let response = error_response(ex, &error);
+            return pending.finish(response);
+        }
+        ex.prefix_len = segments.map(|n| ingress::segments_end(unmerged, n));
+    }
+    let response = run(gateway, route, ex, parts, body).await;
+    pending.finish(response)
+}
+
+/// A request between arrival and the hand-over of its answer. Dropped
+/// before [`Pending::finish`] (hyper drops the service future when the
+/// client goes away), it records the request as 499.
+struct Pending<'g> {
+    gateway: &'g Gateway,
+    compiled: Option<Arc<Compiled>>,
+    route: Option<usize>,
+    ex: Exchange,
+    done: bool,
+}
+
+impl Pending<'_> {
+    /// Adds `x-request-id` and wraps the body in the record stage.
+    fn finish(&mut self, response: Response<ResponseBody>) -> Response<RecordBody> {
+        self.done = true;
+        let (mut parts, body) = response.into_parts();
+        let ex = &mut self.ex;
+        parts.headers.insert("x-request-id", ex.request_id_value.clone());
+        let metrics = match (&self.compiled, self.route) {
+            (Some(c), Some(i)) => c.routes[i].metrics.clone(),
+            (Some(c), None) => c.unrouted.clone(),
+            (None, _) => self.gateway.metrics.route(""),
+        };
+        let record = Record {
+            time: std::time::SystemTime::now() - ex.started.elapsed(),
+            request_id: std::mem::take(&mut ex.request_id),
+            route: ex.route_id.take(),
+            tenant: ex.tenant.take(),
+            app: ex.app.take(),
+            method: ex.method.clone(),
+            host: std::mem::take(&mut ex.host),
+            path: std::mem::take(&mut ex.path),
+            status: parts.status.as_u16(),
+            upstream: ex.upstream.take(),
+            upstream_latency: ex.upstream_latency,
+            started: ex.started,
+            bytes_in: ex.bytes_in,
+            bytes_in_streamed: ex.bytes_in_streamed.take(),
+            error: ex.error,
+            detail: ex.detail.take(),
+            snapshot: ex.snapshot_version.clone(),
+            metrics,
+        };
+        Response::from_parts(parts, RecordBody::new(body, record))
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.ex.error = Some(ProxyError::ClientClosed.kind());
+        let mut response = Response::new(ResponseBody::full(Bytes::new()));
+        *response.status_mut() = ProxyError::ClientClosed.status();
+        // Dropping the recorded body writes the call log line and metrics.
+        drop(self.finish(response));
+    }
 }
 
 /// The routed part of the waterfall: stages, backend, stages in reverse.
@@ -117,9 +198,13 @@ async fn run(
     gateway: &Gateway,
     route: &RouteRuntime,
     ex: &mut Exchange,
-    req: Request<Incoming>,
+    mut parts: request::Parts,
+    body: Incoming,
 ) -> Response<ResponseBody> {
-    let (mut parts, body) = req.into_parts();
+    if let BackendRuntime::Unservable(fields) = &route.backend {
+        let error = ProxyError::RouteUnsupported { route: route.id.to_string(), fields: fields.clone() };
+        return error_response(ex, &error);
+    }
     let limit = gateway.limits.max_body_bytes;
     if ex.bytes_in > limit {
         let response = error_response(ex, &ProxyError::BodyTooLarge { limit });
@@ -184,12 +269,11 @@ async fn backend(
             *response.headers_mut() = headers.clone();
             Ok(response)
         }
-        BackendRuntime::Ai => Err(ProxyError::BackendUnsupported(format!(
-            "route {} has an AI backend, which this proxy does not serve yet",
-            route.id
-        ))),
+        BackendRuntime::Unservable(fields) => {
+            Err(ProxyError::RouteUnsupported { route: route.id.to_string(), fields: fields.clone() })
+        }
         BackendRuntime::Upstreams(set) => {
-            let upgrade = is_upgrade(parts);
+            let upgrade = parts.headers.contains_key(header::UPGRADE);
             let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
             let payload = payload(gateway, route, ex, parts, body).await?;
             let (response, checkin) = set.call(ex, parts, payload, upgrade).await?;
@@ -254,98 +338,63 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Option<hyper::upgra
     }
 }
 
-fn is_upgrade(parts: &request::Parts) -> bool {
-    parts.version == Version::HTTP_11
-        && parts.headers.contains_key(header::UPGRADE)
-        && parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-}
-
 fn error_response(ex: &mut Exchange, error: &ProxyError) -> Response<ResponseBody> {
     ex.error = Some(error.kind());
+    // The whole story goes to the call log; the client gets the problem
+    // document's public detail only.
+    if !matches!(error.source_side(), crate::errors::ErrorSource::Downstream) {
+        ex.detail = Some(error.to_string());
+    }
     error.to_response(&ex.request_id).map(ResponseBody::full)
-}
-
-/// Adds `x-request-id` and wraps the body in the record stage.
-fn finish(
-    gateway: &Gateway,
-    compiled: Option<&Arc<Compiled>>,
-    ex: Exchange,
-    response: Response<ResponseBody>,
-    route: Option<usize>,
-) -> Response<RecordBody> {
-    let (mut parts, body) = response.into_parts();
-    parts.headers.insert("x-request-id", ex.request_id_value.clone());
-    let metrics = match (compiled, route) {
-        (Some(c), Some(i)) => c.routes[i].metrics.clone(),
-        (Some(c), None) => c.unrouted.clone(),
-        (None, _) => gateway.metrics.route(""),
-    };
-    let record = Record {
-        time: std::time::SystemTime::now(),
-        request_id: ex.request_id,
-        route: ex.route_id,
-        tenant: ex.tenant,
-        app: ex.app,
-        method: ex.method,
-        host: ex.host,
-        path: ex.path,
-        status: parts.status.as_u16(),
-        upstream: ex.upstream,
-        upstream_latency: ex.upstream_latency,
-        started: ex.started,
-        bytes_in: ex.bytes_in,
-        bytes_in_streamed: ex.bytes_in_streamed,
-        error: ex.error,
-        snapshot: ex.snapshot_version,
-        metrics,
-    };
-    Response::from_parts(parts, RecordBody::new(body, record))
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// `Host` without port, lower-case.
-fn host_only(authority: &str) -> String {
-    let host = if authority.starts_with('[') {
-        authority.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(authority)
-    } else {
-        authority
-            .rsplit_once(':')
-            .map_or(authority, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { authority })
-    };
-    host.trim_end_matches('.').to_ascii_lowercase()
+/// The client's `x-request-id` when it is a sane token, else a new one.
+fn request_id(headers: &http::HeaderMap) -> (String, HeaderValue) {
+    headers
+        .get("x-request-id")
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .and_then(|v| Some((v.to_str().ok()?.to_owned(), v.clone())))
+        .unwrap_or_else(new_request_id)
 }
 
-/// A 128-bit random id, as 32 hex digits, and as a header value.
+/// A new request id: 128 bits from the operating system's CSPRNG, as 32
+/// hex digits. Ids must not be guessable (a client could otherwise predict
+/// and collide with another's), so they never come from the balancer's
+/// xorshift. NB: the bytes are drawn 4 KiB at a time per thread, so the
+/// hot path makes one `getrandom` call per 256 requests.
 fn new_request_id() -> (String, HeaderValue) {
+    use std::cell::RefCell;
+    const BATCH: usize = 4096;
+    thread_local! {
+        static POOL: RefCell<(Box<[u8; BATCH]>, usize)> = RefCell::new((Box::new([0; BATCH]), BATCH));
+    }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 32];
-    for (half, value) in [random(), random()].into_iter().enumerate() {
-        for i in 0..16 {
-            digits[half * 16 + i] = HEX[((value >> (60 - 4 * i)) & 0xf) as usize];
+    POOL.with(|pool| {
+        let (bytes, used) = &mut *pool.borrow_mut();
+        if *used + 16 > BATCH {
+            if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes[..]).is_err() {
+                // The OS generator failed: fall back to the clock and a
+                // counter (unique, if predictable) rather than refusing.
+                let nanos =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+                for (i, chunk) in bytes.chunks_mut(16).enumerate() {
+                    chunk.copy_from_slice(&(nanos.wrapping_add(i as u128)).to_le_bytes());
+                }
+            }
+            *used = 0;
         }
-    }
-    let id = std::str::from_utf8(&digits).unwrap_or("0").to_owned();
+        for (i, byte) in bytes[*used..*used + 16].iter().enumerate() {
+            digits[2 * i] = HEX[usize::from(byte >> 4)];
+            digits[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        }
+        *used += 16;
+    });
+    let id = String::from_utf8_lossy(&digits).into_owned();
     let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"));
     (id, value)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_only;
-
-    #[test]
-    fn hosts_lose_ports_and_case() {
-        assert_eq!(host_only("API.Example.com:8080"), "api.example.com");
-        assert_eq!(host_only("example.com"), "example.com");
-        assert_eq!(host_only("[::1]:80"), "::1");
-        assert_eq!(host_only("example.com."), "example.com");
-    }
 }

@@ -32,6 +32,7 @@ pub struct Record {
     pub bytes_in: u64,
     pub bytes_in_streamed: Option<Arc<std::sync::atomic::AtomicU64>>,
     pub error: Option<&'static str>,
+    pub detail: Option<String>,
     pub snapshot: Arc<str>,
     pub metrics: Arc<RouteMetrics>,
 }
@@ -66,6 +67,7 @@ impl Record {
             bytes_in,
             bytes_out,
             error: self.error,
+            detail: self.detail.as_deref(),
             snapshot: &self.snapshot,
         });
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use snapshot::status::ObjectRef;
+use snapshot::status::{ObjectRef, StatusCondition, condition, reason};
 use snapshot::{Inputs, Translation, translate};
 
 use crate::metrics::ReloadOutcome;
@@ -166,6 +166,18 @@ pub fn apply(gateway: &Gateway, loaded: &Loaded) -> bool {
     for line in &problems {
         eprintln!("sluice-proxy: config problem: {line}");
     }
+    // Routes the proxy cannot enforce are in the snapshot but not served.
+    let unservable = if install {
+        gateway.current.load().as_ref().map(|c| c.unservable.clone()).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    for (object, fields) in &unservable {
+        let file = loaded.origins.get(object).map(String::as_str).unwrap_or("?");
+        eprintln!(
+            "sluice-proxy: config problem: {file}: {object}: not served (503): {fields} cannot be enforced by this proxy yet"
+        );
+    }
     match outcome {
         "rejected" => eprintln!(
             "sluice-proxy: config change rejected; still serving snapshot {}",
@@ -190,7 +202,17 @@ pub fn apply(gateway: &Gateway, loaded: &Loaded) -> bool {
                 .translation
                 .statuses
                 .iter()
-                .map(|s| ObjectReport { file: loaded.origins.get(&s.object).cloned(), status: s.clone() })
+                .map(|s| {
+                    let mut status = s.clone();
+                    if let Some((_, fields)) = unservable.iter().find(|(o, _)| *o == s.object) {
+                        status.set(StatusCondition::fail(
+                            condition::PROGRAMMED,
+                            reason::UNSUPPORTED_BY_PROXY,
+                            format!("{fields}: not supported by this proxy yet, so the route is not served (503)."),
+                        ));
+                    }
+                    ObjectReport { file: loaded.origins.get(&s.object).cloned(), status }
+                })
                 .collect(),
         }
     } else {

@@ -9,7 +9,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
-use snapshot::{Backend, Snapshot, Translation};
+use snapshot::status::ObjectRef;
+use snapshot::{Backend, Feature, Snapshot, Translation};
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::Router;
@@ -55,8 +56,9 @@ pub enum BackendRuntime {
     },
     /// Load-balanced upstreams.
     Upstreams(Box<UpstreamSet>),
-    /// AI models (served by the AI gateway, a later piece of this proxy).
-    Ai,
+    /// Not served: the route needs what this proxy cannot enforce (the
+    /// fields, comma-separated). Requests get 503, never the backend.
+    Unservable(String),
 }
 
 /// One route, ready to serve.
@@ -72,6 +74,10 @@ pub struct RouteRuntime {
     pub backend: BackendRuntime,
     /// Whether the backend retries (so small bodies are buffered).
     pub retries: bool,
+    /// Whether WebSocket upgrades are tunnelled.
+    pub websocket: bool,
+    /// Whether repeated slashes are merged in the forwarded path.
+    pub merge_slashes: bool,
     /// Metric handles.
     pub metrics: Arc<RouteMetrics>,
 }
@@ -91,48 +97,51 @@ pub struct Compiled {
     pub unrouted: Arc<RouteMetrics>,
     /// TLS certificates by SNI.
     pub certificates: Certificates,
+    /// Routes in the snapshot that are not served, and why (the fields
+    /// this proxy cannot enforce), for `/status`.
+    pub unservable: Vec<(ObjectRef, String)>,
 }
 
 impl Compiled {
     /// Compiles a snapshot, reusing the pools and endpoint states in
     /// `upstreams`.
     pub fn new(snapshot: Arc<Snapshot>, upstreams: &Upstreams, metrics: &Metrics) -> Compiled {
-        let routes = snapshot
-            .routes
-            .iter()
-            .map(|route| {
-                let backend = match &route.backend {
-                    Backend::Direct(d) => {
-                        let mut headers = HeaderMap::new();
-                        for h in &d.headers {
-                            if let (Ok(n), Ok(v)) =
-                                (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_str(&h.value))
-                            {
-                                headers.append(n, v);
+        let routes: Vec<RouteRuntime> =
+            snapshot
+                .routes
+                .iter()
+                .map(|route| {
+                    let missing = unsupported(&snapshot, route);
+                    let backend =
+                        if !missing.is_empty() {
+                            BackendRuntime::Unservable(missing)
+                        } else {
+                            match &route.backend {
+                                Backend::Direct(d) => direct(d),
+                                Backend::Upstreams { groups } => BackendRuntime::Upstreams(Box::new(
+                                    upstreams.compile(groups, &route.traffic, &route.id, metrics),
+                                )),
+                                Backend::Ai(_) => BackendRuntime::Unservable(Feature::AiBackend.field().to_owned()),
                             }
-                        }
-                        BackendRuntime::Direct {
-                            status: StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK),
-                            headers,
-                            body: Bytes::from(d.body.clone()),
-                        }
+                        };
+                    RouteRuntime {
+                        id: Arc::from(route.id.as_str()),
+                        tenant: route.tenant.as_deref().map(Arc::from),
+                        stages: stages::compile(route),
+                        backend,
+                        retries: route.traffic.retries.as_ref().is_some_and(|r| r.attempts > 0),
+                        websocket: route.websocket,
+                        merge_slashes: route.merge_slashes,
+                        metrics: metrics.route(&route.id),
                     }
-                    Backend::Upstreams { groups } => BackendRuntime::Upstreams(Box::new(upstreams.compile(
-                        groups,
-                        &route.traffic,
-                        &route.id,
-                        metrics,
-                    ))),
-                    Backend::Ai(_) => BackendRuntime::Ai,
-                };
-                RouteRuntime {
-                    id: Arc::from(route.id.as_str()),
-                    tenant: route.tenant.as_deref().map(Arc::from),
-                    stages: stages::compile(route),
-                    backend,
-                    retries: route.traffic.retries.as_ref().is_some_and(|r| r.attempts > 0),
-                    metrics: metrics.route(&route.id),
-                }
+                })
+                .collect();
+        let unservable = routes
+            .iter()
+            .zip(&snapshot.routes)
+            .filter_map(|(runtime, route)| match &runtime.backend {
+                BackendRuntime::Unservable(fields) => Some((route.source.clone(), fields.clone())),
+                _ => None,
             })
             .collect();
         let keep: HashSet<String> = snapshot
@@ -150,8 +159,36 @@ impl Compiled {
             routes,
             unrouted: metrics.route(""),
             certificates: Certificates::new(&snapshot.certificates),
+            unservable,
             snapshot,
         }
+    }
+}
+
+/// The features this proxy enforces. A route that needs any other is not
+/// served (fail closed): see [`unsupported`].
+pub const SUPPORTED_FEATURES: &[Feature] = &[];
+
+/// The fields of `route` that ask for something this proxy cannot
+/// enforce, comma-separated; empty when it can serve the route.
+pub fn unsupported(snapshot: &Snapshot, route: &snapshot::Route) -> String {
+    let fields: Vec<&str> =
+        snapshot.features(route).into_iter().filter(|f| !SUPPORTED_FEATURES.contains(f)).map(Feature::field).collect();
+    fields.join(", ")
+}
+
+fn direct(d: &snapshot::DirectResponse) -> BackendRuntime {
+    let mut headers = HeaderMap::new();
+    for h in &d.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_str(&h.value)) {
+            headers.append(n, v);
+        }
+    }
+    match StatusCode::from_u16(d.status) {
+        Ok(status) => BackendRuntime::Direct { status, headers, body: Bytes::from(d.body.clone()) },
+        // NB: translate refuses such a status; a snapshot from elsewhere
+        // that carries one is not served rather than answered 200.
+        Err(_) => BackendRuntime::Unservable(format!("spec.backend.directResponse.status {}", d.status)),
     }
 }
 

@@ -276,12 +276,16 @@ enum Failure {
     BodyTooLarge,
 }
 
-/// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1): credentials
+/// for this proxy (`Proxy-Authorization`) and HTTP/2 upgrade settings
+/// included.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("http2-settings"),
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
@@ -292,7 +296,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     // NB: one pass over the (few) names finds what is present; most
     // requests carry none, and removing absent names costs a hash each.
-    let mut present: [Option<HeaderName>; 8] = Default::default();
+    let mut present: [Option<HeaderName>; 10] = Default::default();
     let mut count = 0;
     for name in headers.keys() {
         let hop = HOP_BY_HOP.contains(name) || (!keep_upgrade && *name == header::UPGRADE);
@@ -551,7 +555,7 @@ impl UpstreamSet {
         let grpc = is_grpc(&headers);
         *request.headers_mut() = headers;
         let headers = request.headers_mut();
-        strip_hop_by_hop(headers, upgrade);
+        // NB: hop-by-hop headers were removed at ingress, before any stage.
         if upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }

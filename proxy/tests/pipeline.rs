@@ -544,16 +544,3 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     // A later request opens a fresh one and is served.
     assert_eq!(get(&proxy.url("/")).await.text(), "up");
 }
-
-/// The captured call log line containing `needle`, once a worker has
-/// flushed it (workers flush every 100 ms).
-async fn call_log_line(needle: &str) -> String {
-    for _ in 0..50 {
-        let captured = String::from_utf8(sluice_proxy::calllog::capture()).expect("utf-8");
-        if let Some(line) = captured.lines().find(|l| l.contains(needle)) {
-            return line.to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no call log line contains {needle}");
-}

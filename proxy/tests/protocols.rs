@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, ServerName};
 use sluice_proxy::{Gateway, Limits, ServerConfig, standalone};
-use support::{Proxy, Upstream, route};
+use support::{Proxy, Upstream, assert_problem, raw_exchange, route};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -691,48 +691,6 @@ async fn grpc_trailers_pass_through_over_h2c() {
 // ---------------------------------------------------------------------------
 // Limits
 
-/// A response read off the wire by [`raw_exchange`].
-#[derive(Debug)]
-struct RawAnswer {
-    head: String,
-    body: Vec<u8>,
-}
-
-impl RawAnswer {
-    fn status_line(&self) -> &str {
-        self.head.lines().next().unwrap_or_default()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// Writes a whole request at once on a new connection (the server may
-/// answer before reading all of it, as it should for a request over a
-/// limit) and reads until the server closes or resets the connection.
-/// The request should say `Connection: close`.
-async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawAnswer {
-    let mut tcp = step("connect", TcpStream::connect(addr)).await.expect("connect");
-    // The write may fail once the server has answered and closed.
-    let _ = step("write", tcp.write_all(request)).await;
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match step("read the answer", tcp.read(&mut buf)).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-        }
-    }
-    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| {
-        panic!("no complete response head in {:?}", String::from_utf8_lossy(&answer));
-    });
-    RawAnswer { head: String::from_utf8_lossy(&answer[..split]).into_owned(), body: answer[split + 4..].to_vec() }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_headers_over_the_limit_get_431() {
     within(async {
@@ -839,14 +797,6 @@ async fn a_chunked_request_body_over_the_limit_gets_413() {
         assert_problem(&answer, "body-too-large", 413);
     })
     .await;
-}
-
-/// Checks an RFC 9457 problem document.
-fn assert_problem(answer: &RawAnswer, kind: &str, status: u16) {
-    assert_eq!(answer.header("content-type"), Some("application/problem+json"), "{answer:?}");
-    let problem: serde_json::Value = serde_json::from_slice(&answer.body).expect("a JSON problem document");
-    assert_eq!(problem["type"], format!("https://sluice.dev/problems/{kind}"));
-    assert_eq!(problem["status"], status);
 }
 
 // ---------------------------------------------------------------------------

@@ -126,6 +126,20 @@ pub struct Route {
     /// CORS policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
+    /// Whether WebSocket upgrades are tunnelled.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub websocket: bool,
+    /// Whether repeated slashes are merged in the forwarded path.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub merge_slashes: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(value: &bool) -> bool {
+    *value
 }
 
 /// A compiled request match.
@@ -338,6 +352,9 @@ pub struct RetryPolicy {
     pub backoff_ms: u64,
     /// Retry budget, percent of requests.
     pub budget_percent: u32,
+    /// Whether non-idempotent requests are retried after they were sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_idempotent: bool,
 }
 
 /// Compiled passive health.
@@ -485,3 +502,80 @@ pub struct Provider {
 
 /// The effective state of a subscription; re-exported for status writers.
 pub type SubscriptionPhase = ApprovalState;
+
+/// A policy a proxy must enforce to serve a route. A proxy serves a route
+/// only if it enforces every feature the route needs; any other route is
+/// answered 503 and reported, never served with the policy ignored.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum Feature {
+    /// `spec.auth.mode` other than None: API keys or JWTs.
+    Auth,
+    /// `spec.subscription.required`: only subscribed apps may call.
+    Subscriptions,
+    /// `spec.lifecycle.state: Draft`: only the owning tenant's apps may call.
+    DraftAccess,
+    /// `spec.rateLimit`.
+    RateLimit,
+    /// `spec.cache`.
+    Cache,
+    /// `spec.backend.ai`: served by the AI gateway.
+    AiBackend,
+    /// The owning Tenant's request quotas (`spec.quotas.requestsPerMinute`
+    /// or `requestsPerDay`).
+    TenantQuotas,
+}
+
+impl Feature {
+    /// The field that asks for the feature, for messages.
+    pub fn field(self) -> &'static str {
+        match self {
+            Feature::Auth => "spec.auth.mode",
+            Feature::Subscriptions => "spec.subscription.required",
+            Feature::DraftAccess => "spec.lifecycle.state: Draft",
+            Feature::RateLimit => "spec.rateLimit",
+            Feature::Cache => "spec.cache",
+            Feature::AiBackend => "spec.backend.ai",
+            Feature::TenantQuotas => "the Tenant's spec.quotas (requests)",
+        }
+    }
+}
+
+impl Snapshot {
+    /// The tenant with this name.
+    pub fn tenant(&self, name: &str) -> Option<&TenantPolicy> {
+        self.tenants.iter().find(|t| t.name == name)
+    }
+
+    /// Every feature a proxy must enforce to serve `route`, sorted.
+    pub fn features(&self, route: &Route) -> Vec<Feature> {
+        let mut out = Vec::new();
+        if route.lifecycle == LifecycleState::Retired {
+            // Answered 410 for everyone: there is nothing to protect.
+            return out;
+        }
+        if route.auth.mode != AuthMode::None {
+            out.push(Feature::Auth);
+        }
+        if route.access.subscription_required {
+            out.push(Feature::Subscriptions);
+        }
+        if route.lifecycle == LifecycleState::Draft {
+            out.push(Feature::DraftAccess);
+        }
+        if route.rate_limit.is_some() {
+            out.push(Feature::RateLimit);
+        }
+        if route.cache.is_some() {
+            out.push(Feature::Cache);
+        }
+        if matches!(route.backend, Backend::Ai(_)) {
+            out.push(Feature::AiBackend);
+        }
+        let quotas = route.tenant.as_deref().and_then(|t| self.tenant(t)).map(|t| &t.quotas);
+        if quotas.is_some_and(|q| q.requests_per_minute.is_some() || q.requests_per_day.is_some()) {
+            out.push(Feature::TenantQuotas);
+        }
+        out
+    }
+}

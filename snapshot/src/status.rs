@@ -44,6 +44,9 @@ pub mod condition {
     pub const RESOLVED_REFS: &str = "ResolvedRefs";
     /// A namespace or hostname is claimed by another tenant too.
     pub const CONFLICTED: &str = "Conflicted";
+    /// The proxy serves the object as compiled (set by the proxy, not by
+    /// translate).
+    pub const PROGRAMMED: &str = "Programmed";
 }
 
 /// CamelCase reasons.
@@ -92,6 +95,9 @@ pub mod reason {
     pub const UNKNOWN_APP: &str = "UnknownApp";
     /// The same API key is used twice.
     pub const DUPLICATE_API_KEY: &str = "DuplicateApiKey";
+    /// The route needs a policy the proxy cannot enforce, so it is not
+    /// served (503) rather than served without it.
+    pub const UNSUPPORTED_BY_PROXY: &str = "UnsupportedByProxy";
 }
 
 /// One condition, as translate decides it (no timestamps).

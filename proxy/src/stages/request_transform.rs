@@ -35,8 +35,10 @@ impl RequestTransform {
             PathRewrite::ReplaceFull(full) => Some(full.clone()),
             PathRewrite::ReplacePrefix(prefix) => {
                 let rest = &path[ex.prefix_len.unwrap_or(0).min(path.len())..];
+                // Gateway API semantics: `/api` -> `/internal`, `/api/` ->
+                // `/internal/`, `/api/x` -> `/internal/x`.
                 let mut out = prefix.trim_end_matches('/').to_owned();
-                if !rest.starts_with('/') {
+                if !rest.is_empty() && !rest.starts_with('/') {
                     out.push('/');
                 }
                 out.push_str(rest);

@@ -325,3 +325,80 @@ pub fn service(name: &str, ports: &[u16]) -> String {
     }
     yaml
 }
+
+/// The captured call log line containing `needle`, once a worker has
+/// flushed it (workers flush every 100 ms).
+pub async fn call_log_line(needle: &str) -> String {
+    for _ in 0..100 {
+        let captured = String::from_utf8(sluice_proxy::calllog::capture()).expect("utf-8");
+        if let Some(line) = captured.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no call log line contains {needle}");
+}
+
+/// A response read off the wire by [`raw_exchange`].
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    pub fn status_line(&self) -> &str {
+        self.head.lines().next().unwrap_or_default()
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status_line().split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Writes a whole request at once on a new connection (the server may
+/// answer before reading all of it, as it should for a request over a
+/// limit) and reads until the server closes or resets the connection.
+/// The request should say `Connection: close`.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limit = Duration::from_secs(10);
+    let mut tcp = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    // The write may fail once the server has answered and closed.
+    let _ = tokio::time::timeout(limit, tcp.write_all(request)).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit, tcp.read(&mut buf)).await.expect("the answer in time") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| {
+        panic!("no complete response head in {:?}", String::from_utf8_lossy(&answer));
+    });
+    RawAnswer { head: String::from_utf8_lossy(&answer[..split]).into_owned(), body: answer[split + 4..].to_vec() }
+}
+
+/// Checks an RFC 9457 problem document.
+pub fn assert_problem(answer: &RawAnswer, kind: &str, status: u16) {
+    assert_eq!(answer.header("content-type"), Some("application/problem+json"), "{answer:?}");
+    let problem: serde_json::Value = serde_json::from_slice(&answer.body).expect("a JSON problem document");
+    assert_eq!(problem["type"], format!("https://sluice.dev/problems/{kind}"), "{answer:?}");
+    assert_eq!(problem["status"], status, "{answer:?}");
+    assert!(problem["requestId"].is_string(), "{answer:?}");
+}

@@ -121,6 +121,8 @@ fn compile(
                 rate_limit: None,
                 cache: None,
                 cors: None,
+                websocket: true,
+                merge_slashes: true,
             },
             age: age.clone(),
             generation: ingress.metadata.generation,

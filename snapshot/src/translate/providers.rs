@@ -155,6 +155,11 @@ pub fn check_url(url: &str) -> Result<http::Uri, String> {
     if uri.query().is_some() {
         return Err(format!("{url:?} must not have a query"));
     }
+    // NB: credentials in a URL would be logged, shown on /status and sent
+    // in the clear by some clients; they belong in a Secret.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("must not carry user information (user:password@); put credentials in a Secret".into());
+    }
     Ok(uri)
 }
 

@@ -139,6 +139,8 @@ fn compile(
             rate_limit,
             cache,
             cors: spec.cors.clone(),
+            websocket: spec.websocket,
+            merge_slashes: spec.merge_slashes,
         },
         age: Age::of(&route.metadata),
         generation: route.metadata.generation,
@@ -431,6 +433,7 @@ fn compile_traffic(spec: &ApiRouteSpec) -> Result<TrafficPolicy, Rejection> {
                     .transpose()?,
                 backoff_ms: millis(&r.backoff, "spec.retries.backoff")?,
                 budget_percent: r.budget_percent.clamp(1, 100),
+                non_idempotent: r.non_idempotent,
             })
         }
         None => None,

@@ -1,0 +1,147 @@
+use super::*;
+
+fn norm(path: &str) -> Result<String, PathError> {
+    normalize_path(path, true).map(Cow::into_owned)
+}
+
+#[test]
+fn paths_are_normalised_once() {
+    assert_eq!(norm("/v1/users"), Ok("/v1/users".into()));
+    assert_eq!(norm("/"), Ok("/".into()));
+    assert_eq!(norm("/public/../admin"), Ok("/admin".into()));
+    assert_eq!(norm("/public/%2e%2e/admin"), Ok("/admin".into()));
+    assert_eq!(norm("/public/%2E%2E/admin"), Ok("/admin".into()));
+    assert_eq!(norm("/a/./b/."), Ok("/a/b/".into()));
+    assert_eq!(norm("/a/b/.."), Ok("/a/".into()));
+    assert_eq!(norm("/a//b///c"), Ok("/a/b/c".into()));
+    assert_eq!(norm("/a/b/"), Ok("/a/b/".into()));
+    assert_eq!(norm("/%7Euser/%41"), Ok("/~user/A".into()));
+    assert_eq!(norm("/.well-known/x"), Ok("/.well-known/x".into()));
+}
+
+#[test]
+fn encoded_separators_stay_encoded() {
+    assert_eq!(norm("/files/a%2fb"), Ok("/files/a%2Fb".into()));
+    assert_eq!(norm("/files/a%5Cb"), Ok("/files/a%5Cb".into()));
+    assert_eq!(norm("/public/..%2Fadmin"), Ok("/public/..%2Fadmin".into()));
+    assert_eq!(norm("/a%20b"), Ok("/a%20b".into()));
+}
+
+#[test]
+fn climbing_above_the_root_and_bad_escapes_are_errors() {
+    assert_eq!(norm("/.."), Err(PathError::AboveRoot));
+    assert_eq!(norm("/../x"), Err(PathError::AboveRoot));
+    assert_eq!(norm("/a/../../x"), Err(PathError::AboveRoot));
+    assert_eq!(norm("/%2e%2e/x"), Err(PathError::AboveRoot));
+    assert_eq!(norm("/a%zz"), Err(PathError::BadEscape));
+    assert_eq!(norm("/a%2"), Err(PathError::BadEscape));
+    assert_eq!(norm("a/b"), Err(PathError::NotAbsolute));
+}
+
+#[test]
+fn slashes_can_be_kept() {
+    assert_eq!(normalize_path("/a//b", false).map(Cow::into_owned), Ok("/a//b".into()));
+    assert_eq!(normalize_path("/a//../b", false).map(Cow::into_owned), Ok("/a/b".into()));
+}
+
+#[test]
+fn unchanged_paths_are_borrowed() {
+    assert!(matches!(normalize_path("/v1/users/7", true), Ok(Cow::Borrowed(_))));
+}
+
+fn parts(req: http::Request<()>) -> request::Parts {
+    req.into_parts().0
+}
+
+fn get(uri: &str) -> request::Builder {
+    http::Request::get(uri)
+}
+
+#[test]
+fn authority_rules() {
+    // No Host on HTTP/1.1.
+    let mut p = parts(get("/x").body(()).expect("request"));
+    assert!(admit(&mut p).is_err());
+    // HTTP/1.0 may omit it.
+    let mut p = parts(get("/x").version(Version::HTTP_10).body(()).expect("request"));
+    assert_eq!(admit(&mut p).expect("admitted").host, "");
+    // Two Hosts.
+    let mut p = parts(get("/x").header("host", "a").header("host", "b").body(()).expect("request"));
+    assert!(admit(&mut p).is_err());
+    // Userinfo.
+    let mut p = parts(get("/x").header("host", "u@a.test").body(()).expect("request"));
+    assert!(admit(&mut p).is_err());
+    // Absolute form wins and replaces Host.
+    let mut p = parts(get("http://a.test:8080/x").header("host", "b.test").body(()).expect("request"));
+    let admitted = admit(&mut p).expect("admitted");
+    assert_eq!(admitted.host, "a.test");
+    assert_eq!(p.headers.get("host").expect("host"), "a.test:8080");
+    assert_eq!(p.uri, "/x");
+    // HTTP/2 :authority and host must agree.
+    let mut p =
+        parts(get("https://a.test/x").version(Version::HTTP_2).header("host", "b.test").body(()).expect("request"));
+    assert!(admit(&mut p).is_err());
+    let mut p =
+        parts(get("https://A.test/x").version(Version::HTTP_2).header("host", "a.test").body(()).expect("request"));
+    assert_eq!(admit(&mut p).expect("admitted").host, "a.test");
+}
+
+#[test]
+fn hop_by_hop_and_upgrades() {
+    let mut p = parts(
+        get("/x")
+            .header("host", "a")
+            .header("connection", "x-api-version, upgrade")
+            .header("x-api-version", "2")
+            .header("upgrade", "h2c")
+            .header("http2-settings", "AAMAAABkAAQAAP__")
+            .header("proxy-authorization", "Basic eA==")
+            .body(())
+            .expect("request"),
+    );
+    let admitted = admit(&mut p).expect("admitted");
+    assert!(!admitted.websocket);
+    for name in ["connection", "x-api-version", "upgrade", "http2-settings", "proxy-authorization"] {
+        assert!(!p.headers.contains_key(name), "{name} was kept");
+    }
+    let mut p = parts(
+        get("/x")
+            .header("host", "a")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket, h2c")
+            .body(())
+            .expect("request"),
+    );
+    assert!(admit(&mut p).expect("admitted").websocket);
+    assert_eq!(p.headers.get("upgrade").expect("upgrade"), "websocket");
+}
+
+#[test]
+fn transfer_codings_other_than_chunked_are_refused() {
+    let mut p = parts(
+        http::Request::post("/x").header("host", "a").header("transfer-encoding", "gzip, chunked").body(()).expect("r"),
+    );
+    assert!(matches!(admit(&mut p), Err(ProxyError::NotImplemented(_))));
+}
+
+#[test]
+fn http2_cookies_are_joined() {
+    let mut p = parts(
+        get("https://a/x")
+            .version(Version::HTTP_2)
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(())
+            .expect("request"),
+    );
+    admit(&mut p).expect("admitted");
+    assert_eq!(p.headers.get_all("cookie").iter().count(), 1);
+    assert_eq!(p.headers.get("cookie").expect("cookie"), "a=1; b=2");
+}
+
+#[test]
+fn prefixes_map_onto_unmerged_paths() {
+    assert_eq!(segments_end("//api///v1//users", 2), "//api///v1".len());
+    assert_eq!(segments_end("/api/v1", 0), 0);
+    assert_eq!(segments_end("/api", 1), 4);
+}
