@@ -1,14 +1,18 @@
 //! Body types without boxing: what the proxy sends upstream and what it
 //! answers with.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::errors::ProxyError;
 
 /// Boxed error for bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -20,9 +24,8 @@ pub enum RequestBody {
     Empty,
     /// A buffered body (small enough to replay on a retry).
     Full(Full<Bytes>),
-    /// The client's body, streamed once, with the size limit; the counter
-    /// adds up the bytes sent (for the call log and metrics).
-    Stream(Limited<Incoming>, Arc<AtomicU64>),
+    /// The client's body, streamed once.
+    Stream(ClientBody),
 }
 
 impl Body for RequestBody {
@@ -33,15 +36,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
-            RequestBody::Stream(b, sent) => {
-                let polled = Pin::new(b).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let Some(data) = frame.data_ref()
-                {
-                    sent.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                polled
-            }
+            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -49,7 +44,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::Full(b) => b.is_end_stream(),
-            RequestBody::Stream(b, _) => b.is_end_stream(),
+            RequestBody::Stream(b) => b.is_end_stream(),
         }
     }
 
@@ -57,21 +52,172 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Full(b) => b.size_hint(),
-            RequestBody::Stream(b, _) => b.size_hint(),
+            RequestBody::Stream(b) => b.size_hint(),
         }
     }
 }
 
-/// Whether an error (or any of its causes) is the body size limit.
-pub fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if e.is::<LengthLimitError>() {
-            return true;
-        }
-        current = e.source();
+/// How reading a client's body went, shared between the body (polled by
+/// whoever sends it, usually an upstream connection task) and the request
+/// (read when the upstream call ends), so that a client's fault is never
+/// taken for an upstream's.
+#[derive(Debug)]
+pub struct BodyProgress {
+    /// Bytes read from the client so far.
+    pub read: AtomicU64,
+    state: AtomicU8,
+    /// Whether the last poll is waiting for the client to send more.
+    waiting: AtomicBool,
+    limit: u64,
+    idle: Duration,
+}
+
+/// How a client body ended, if it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyState {
+    /// Still being read.
+    Reading,
+    /// Read to its end.
+    Done,
+    /// The client sent a malformed body or went away mid-body.
+    Broken,
+    /// Larger than the limit.
+    TooLarge,
+    /// The client sent nothing for the body idle timeout.
+    Idle,
+}
+
+impl BodyProgress {
+    fn set(&self, state: BodyState) {
+        self.state.store(state as u8, Ordering::Relaxed);
     }
-    false
+
+    /// How the body ended, if it did.
+    pub fn state(&self) -> BodyState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => BodyState::Done,
+            2 => BodyState::Broken,
+            3 => BodyState::TooLarge,
+            4 => BodyState::Idle,
+            _ => BodyState::Reading,
+        }
+    }
+
+    /// Whether the proxy is waiting on the client for more of the body.
+    pub fn waiting_on_client(&self) -> bool {
+        self.state() == BodyState::Reading && self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The client's fault, if reading its body failed: a send that failed
+    /// because of it is never an upstream failure.
+    pub fn client_error(&self) -> Option<ProxyError> {
+        match self.state() {
+            BodyState::Reading | BodyState::Done => None,
+            BodyState::Broken => {
+                Some(ProxyError::BadRequest("the request body was malformed or ended before its end".into()))
+            }
+            BodyState::TooLarge => Some(ProxyError::BodyTooLarge { limit: self.limit }),
+            BodyState::Idle => Some(ProxyError::RequestTimeout { timeout_ms: self.idle.as_millis() as u64 }),
+        }
+    }
+}
+
+/// Why a client body was cut off by the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Larger than the limit.
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(u64),
+    /// Nothing arrived for the body idle timeout.
+    #[error("the request body stalled for {0} ms")]
+    Idle(u64),
+}
+
+/// A client's request body: at most `limit` bytes, with an idle timeout
+/// between frames, reporting how it went in a shared [`BodyProgress`].
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    limit: u64,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    progress: Arc<BodyProgress>,
+}
+
+impl ClientBody {
+    /// Wraps a client's body.
+    pub fn new(inner: Incoming, limit: u64, idle: Duration) -> Self {
+        let progress = Arc::new(BodyProgress {
+            read: AtomicU64::new(0),
+            state: AtomicU8::new(BodyState::Reading as u8),
+            waiting: AtomicBool::new(false),
+            limit,
+            idle,
+        });
+        ClientBody { inner, limit, idle, timer: None, progress }
+    }
+
+    /// The shared progress report.
+    pub fn progress(&self) -> Arc<BodyProgress> {
+        self.progress.clone()
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let progress = &this.progress;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                progress.waiting.store(true, Ordering::Relaxed);
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    progress.set(BodyState::Idle);
+                    return Poll::Ready(Some(Err(BodyError::Idle(idle.as_millis() as u64).into())));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                progress.waiting.store(false, Ordering::Relaxed);
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    let read = progress.read.fetch_add(len, Ordering::Relaxed) + len;
+                    if read > this.limit {
+                        progress.set(BodyState::TooLarge);
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit).into())));
+                    }
+                }
+                if let Some(timer) = this.timer.as_mut() {
+                    timer.as_mut().reset(tokio::time::Instant::now() + this.idle);
+                }
+                if this.inner.is_end_stream() {
+                    progress.set(BodyState::Done);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                progress.set(BodyState::Broken);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                progress.waiting.store(false, Ordering::Relaxed);
+                progress.set(BodyState::Done);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A response body on its way to the client.

@@ -51,7 +51,7 @@ pub struct Exchange {
     /// Request body bytes read from the client.
     pub bytes_in: u64,
     /// Bytes of a streamed request body, counted as they are sent.
-    pub bytes_in_streamed: Option<Arc<std::sync::atomic::AtomicU64>>,
+    pub bytes_in_streamed: Option<Arc<crate::body::BodyProgress>>,
     /// The snapshot version that served the request.
     pub snapshot_version: Arc<str>,
 }

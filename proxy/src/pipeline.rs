@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header, request};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 
-use crate::body::{RequestBody, ResponseBody, is_length_limit};
+use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::errors::ProxyError;
 use crate::exchange::Exchange;
 use crate::ingress;
@@ -73,7 +73,7 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
         error: None,
         detail: None,
         cors_origin: None,
-        bytes_in: content_length(&parts.headers).unwrap_or(0),
+        bytes_in: 0,
         bytes_in_streamed: None,
         snapshot_version: current.as_ref().map(|c| c.version.clone()).unwrap_or_else(|| Arc::from("")),
     };
@@ -206,7 +206,7 @@ async fn run(
         return error_response(ex, &error);
     }
     let limit = gateway.limits.max_body_bytes;
-    if ex.bytes_in > limit {
+    if content_length(&parts.headers).is_some_and(|length| length > limit) {
         let response = error_response(ex, &ProxyError::BodyTooLarge { limit });
         return respond_through(route, ex, response, 0);
     }
@@ -299,7 +299,7 @@ async fn backend(
 
 /// Turns the request body into something the upstream call can send:
 /// nothing, a buffered copy (replayable, on routes with retries), or the
-/// stream with the size limit.
+/// stream, with the size limit and the body idle timeout either way.
 async fn payload(
     gateway: &Gateway,
     route: &RouteRuntime,
@@ -307,26 +307,24 @@ async fn payload(
     parts: &request::Parts,
     body: Incoming,
 ) -> Result<Payload, ProxyError> {
-    let limit = gateway.limits.max_body_bytes;
     if body.is_end_stream() {
         return Ok(Payload::Empty);
     }
+    let limits = &gateway.limits;
+    let body =
+        ClientBody::new(body, limits.max_body_bytes, std::time::Duration::from_millis(limits.body_idle_timeout_ms));
+    let progress = body.progress();
+    ex.bytes_in_streamed = Some(progress.clone());
     let length = content_length(&parts.headers);
     if route.retries && length.is_some_and(|l| l <= REPLAY_LIMIT) {
-        let collected = Limited::new(body, REPLAY_LIMIT as usize).collect().await.map_err(|e| {
-            if is_length_limit(e.as_ref()) {
-                ProxyError::BodyTooLarge { limit: REPLAY_LIMIT }
-            } else {
-                ProxyError::BadRequest(format!("could not read the request body: {e}"))
-            }
+        let collected = body.collect().await.map_err(|_| {
+            progress
+                .client_error()
+                .unwrap_or_else(|| ProxyError::BadRequest("the request body could not be read".into()))
         })?;
-        let bytes: Bytes = collected.to_bytes();
-        ex.bytes_in = bytes.len() as u64;
-        return Ok(Payload::Buffered(bytes));
+        return Ok(Payload::Buffered(collected.to_bytes()));
     }
-    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    ex.bytes_in_streamed = Some(sent.clone());
-    Ok(Payload::Stream(Some(RequestBody::Stream(Limited::new(body, limit as usize), sent))))
+    Ok(Payload::Stream(Some(RequestBody::Stream(body)), progress))
 }
 
 async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Option<hyper::upgrade::OnUpgrade>) {

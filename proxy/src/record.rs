@@ -30,7 +30,7 @@ pub struct Record {
     pub upstream_latency: Option<Duration>,
     pub started: Instant,
     pub bytes_in: u64,
-    pub bytes_in_streamed: Option<Arc<std::sync::atomic::AtomicU64>>,
+    pub bytes_in_streamed: Option<Arc<crate::body::BodyProgress>>,
     pub error: Option<&'static str>,
     pub detail: Option<String>,
     pub snapshot: Arc<str>,
@@ -43,7 +43,7 @@ impl Record {
         // A streamed body (chunked, or too large to buffer) is counted as it
         // is sent; Content-Length is the figure otherwise.
         let bytes_in = match &self.bytes_in_streamed {
-            Some(sent) => sent.load(std::sync::atomic::Ordering::Relaxed),
+            Some(progress) => progress.read.load(std::sync::atomic::Ordering::Relaxed),
             None => self.bytes_in,
         };
         self.metrics.record(self.status, elapsed.as_secs_f64(), bytes_in, bytes_out);

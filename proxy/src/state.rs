@@ -2,7 +2,6 @@
 //! serving) behind an atomic pointer, the status report, metrics, and the
 //! upstream pools that outlive snapshots.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -27,6 +26,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Time allowed to read a request head, ms.
     pub header_read_timeout_ms: u64,
+    /// Longest silence while a request body is read, ms (408 after it).
+    pub body_idle_timeout_ms: u64,
     /// Grace period for in-flight requests at shutdown, ms.
     pub shutdown_grace_ms: u64,
 }
@@ -37,6 +38,7 @@ impl Default for Limits {
             max_body_bytes: 10 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
             header_read_timeout_ms: 10_000,
+            body_idle_timeout_ms: 60_000,
             shutdown_grace_ms: 30_000,
         }
     }
@@ -144,15 +146,7 @@ impl Compiled {
                 _ => None,
             })
             .collect();
-        let keep: HashSet<String> = snapshot
-            .routes
-            .iter()
-            .flat_map(|r| match &r.backend {
-                Backend::Upstreams { groups } => groups.iter().flat_map(|g| g.endpoints.clone()).collect(),
-                _ => Vec::new(),
-            })
-            .collect();
-        upstreams.retain_endpoints(&keep);
+        upstreams.retain(&snapshot);
         Compiled {
             version: Arc::from(snapshot.version.as_str()),
             router: Router::new(&snapshot.routes, &snapshot.reserved_hosts),

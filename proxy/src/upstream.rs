@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use snapshot::{PassiveHealthPolicy, RetryPolicy, TrafficPolicy, UpstreamGroup};
 
 use crate::balance::{self, EndpointState, PickInput};
-use crate::body::{RequestBody, is_length_limit};
+use crate::body::{BodyProgress, RequestBody};
 use crate::errors::ProxyError;
 use crate::exchange::Exchange;
 use crate::pool::{self, Checkin};
@@ -53,12 +53,26 @@ pub fn random() -> u64 {
     })
 }
 
-/// Clients and endpoint states that outlive snapshots, so connection pools
-/// and passive health survive config reloads.
+/// State that outlives snapshots, in one registry keyed by route: the
+/// connection clients, each route's endpoint states (passive health and
+/// in-flight counts, per route so that ejection follows the route's own
+/// policy), its retry budget and its round-robin position. A config reload
+/// (or, under an operator, an EndpointSlice change during an outage) never
+/// refills a budget or forgets an ejection.
 #[derive(Debug, Default)]
 pub struct Upstreams {
     clients: Mutex<HashMap<(u64, u64, bool), HttpClient>>,
-    endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
+    endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
+    routes: Mutex<HashMap<String, Arc<RouteState>>>,
+}
+
+/// One route's state across snapshots.
+#[derive(Debug, Default)]
+pub struct RouteState {
+    /// The retry budget.
+    pub budget: RetryBudget,
+    /// The round-robin position.
+    pub counter: AtomicU64,
 }
 
 impl Upstreams {
@@ -68,15 +82,32 @@ impl Upstreams {
         clients.entry((connect_ms, idle_ms, h2c)).or_insert_with(|| build_client(connect_ms, idle_ms, h2c)).clone()
     }
 
-    fn endpoint(&self, address: &str) -> Arc<EndpointState> {
+    /// The state of one endpoint of one route.
+    pub fn endpoint(&self, route: &str, address: &str) -> Arc<EndpointState> {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        endpoints.entry(address.to_owned()).or_insert_with(|| Arc::new(EndpointState::new(address))).clone()
+        endpoints
+            .entry((route.to_owned(), address.to_owned()))
+            .or_insert_with(|| Arc::new(EndpointState::new(address)))
+            .clone()
     }
 
-    /// Forgets endpoints no snapshot uses any more.
-    pub fn retain_endpoints(&self, keep: &std::collections::HashSet<String>) {
+    /// The state of one route.
+    pub fn route(&self, route: &str) -> Arc<RouteState> {
+        let mut routes = self.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        routes.entry(route.to_owned()).or_default().clone()
+    }
+
+    /// Forgets routes and endpoints no snapshot uses any more.
+    pub fn retain(&self, snapshot: &snapshot::Snapshot) {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        endpoints.retain(|address, _| keep.contains(address));
+        endpoints.retain(|(route, address), _| {
+            snapshot.route(route).is_some_and(|r| match &r.backend {
+                snapshot::Backend::Upstreams { groups } => groups.iter().any(|g| g.endpoints.contains(address)),
+                _ => false,
+            })
+        });
+        let mut routes = self.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        routes.retain(|route, _| snapshot.route(route).is_some());
     }
 
     /// Compiles one route's upstreams.
@@ -96,7 +127,7 @@ impl Upstreams {
                 tls: g.tls,
                 host: g.host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
                 path_prefix: g.path_prefix.clone(),
-                endpoints: g.endpoints.iter().map(|e| self.endpoint(e)).collect(),
+                endpoints: g.endpoints.iter().map(|e| self.endpoint(route, e)).collect(),
             })
             .collect();
         UpstreamSet {
@@ -110,10 +141,9 @@ impl Upstreams {
             request_timeout: Duration::from_millis(traffic.request_timeout_ms),
             retries: traffic.retries.clone(),
             health: traffic.passive_health.clone(),
-            budget: RetryBudget::default(),
+            state: self.route(route),
             client: self.client(traffic.connect_timeout_ms, traffic.idle_timeout_ms, false),
             h2c: self.client(traffic.connect_timeout_ms, traffic.idle_timeout_ms, true),
-            counter: AtomicU64::new(0),
         }
     }
 }
@@ -189,6 +219,11 @@ impl RetryBudget {
     fn withdraw(&self) -> bool {
         self.withdraw_at(now_ms())
     }
+
+    /// The balance, in retries (for tests and status).
+    pub fn balance(&self) -> f64 {
+        self.balance.load(Ordering::Relaxed) as f64 / RETRY as f64
+    }
 }
 
 #[cfg(test)]
@@ -237,10 +272,10 @@ pub struct UpstreamSet {
     request_timeout: Duration,
     retries: Option<RetryPolicy>,
     health: Option<PassiveHealthPolicy>,
-    budget: RetryBudget,
+    /// Budget and round-robin position, shared with earlier snapshots.
+    state: Arc<RouteState>,
     client: HttpClient,
     h2c: HttpClient,
-    counter: AtomicU64,
 }
 
 /// A request body in a form that can be sent (again).
@@ -250,8 +285,8 @@ pub enum Payload {
     Empty,
     /// A small buffered body: any number of tries.
     Buffered(Bytes),
-    /// A streamed body: one try.
-    Stream(Option<RequestBody>),
+    /// A streamed body: one try; how reading it went.
+    Stream(Option<RequestBody>, Arc<BodyProgress>),
 }
 
 impl Payload {
@@ -259,21 +294,67 @@ impl Payload {
         match self {
             Payload::Empty => Some(RequestBody::Empty),
             Payload::Buffered(b) => Some(RequestBody::Full(Full::new(b.clone()))),
-            Payload::Stream(s) => s.take(),
+            Payload::Stream(s, _) => s.take(),
         }
     }
 
     fn replayable(&self) -> bool {
-        !matches!(self, Payload::Stream(_))
+        !matches!(self, Payload::Stream(..))
+    }
+
+    /// The client's fault, when reading its body is what failed.
+    fn client_error(&self) -> Option<ProxyError> {
+        match self {
+            Payload::Stream(_, progress) => progress.client_error(),
+            _ => None,
+        }
+    }
+
+    /// Whether the upstream call is waiting on the client's body.
+    fn waiting_on_client(&self) -> bool {
+        matches!(self, Payload::Stream(_, progress) if progress.waiting_on_client())
     }
 }
 
 enum Failure {
+    /// Nothing of the request reached the upstream.
     Connect(String),
     Reset(String),
     Timeout(u64),
-    Status(u16),
-    BodyTooLarge,
+}
+
+impl Failure {
+    fn into_error(self, upstream: &str) -> ProxyError {
+        match self {
+            Failure::Connect(detail) | Failure::Reset(detail) => {
+                ProxyError::UpstreamUnreachable { upstream: upstream.to_owned(), detail }
+            }
+            Failure::Timeout(ms) => ProxyError::UpstreamTimeout { upstream: upstream.to_owned(), timeout_ms: ms },
+        }
+    }
+}
+
+/// Counts a request in flight on an endpoint for as long as it lives, so a
+/// cancelled request (the client went away) gives its count back.
+struct InFlight<'a>(&'a EndpointState);
+
+impl<'a> InFlight<'a> {
+    fn new(endpoint: &'a EndpointState) -> Self {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(endpoint)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// RFC 9110 §9.2.2: methods whose repetition has the effect of one.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE].contains(method)
 }
 
 /// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1): credentials
@@ -340,6 +421,12 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
 impl UpstreamSet {
     /// Sends the request upstream: picks a group by weight and an endpoint
     /// by policy, then tries (and retries) within the request timeout.
+    ///
+    /// A try that may have reached the upstream is repeated only when that
+    /// is safe: an idempotent method without a body, or a route that says
+    /// so (`retries.nonIdempotent`). A connect failure is always safe. A
+    /// failure caused by the client's body is the client's: never retried,
+    /// never counted against the endpoint.
     pub async fn call(
         &self,
         ex: &mut Exchange,
@@ -358,9 +445,11 @@ impl UpstreamSet {
         };
         ex.upstream = Some(group.name.clone());
         if let Some(retries) = &self.retries {
-            self.budget.deposit(retries.budget_percent);
+            self.state.budget.deposit(retries.budget_percent);
         }
         let max_tries = 1 + self.retries.as_ref().filter(|_| payload.replayable()).map_or(0, |r| r.attempts);
+        let resend_safe = self.retries.as_ref().is_some_and(|r| r.non_idempotent)
+            || (is_idempotent(&parts.method) && matches!(payload, Payload::Empty));
         let hash = self.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| balance::fnv1a(v.as_bytes()));
         let h2c = parts.version == Version::HTTP_2 && !group.tls && is_grpc(&parts.headers);
         let mut tried: Vec<usize> = Vec::new();
@@ -369,7 +458,7 @@ impl UpstreamSet {
             try_number += 1;
             let input = PickInput {
                 policy: self.policy,
-                counter: self.counter.fetch_add(1, Ordering::Relaxed),
+                counter: self.state.counter.fetch_add(1, Ordering::Relaxed),
                 random: random(),
                 hash,
                 now_ms: now_ms(),
@@ -396,7 +485,7 @@ impl UpstreamSet {
                 .and_then(|r| r.per_try_timeout_ms)
                 .map(Duration::from_millis)
                 .map_or(remaining, |t| t.min(remaining));
-            endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+            let in_flight = InFlight::new(endpoint);
             let sent = Instant::now();
             let outcome = if group.tls || h2c {
                 let client = if h2c { &self.h2c } else { &self.client };
@@ -411,8 +500,13 @@ impl UpstreamSet {
                 .await
                 .map(|r| r.map(|(response, checkin)| (response, Some(checkin))).map_err(|e| classify_pooled(&e)))
             };
-            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(in_flight);
             ex.upstream_latency = Some(sent.elapsed());
+            if outcome.as_ref().is_ok_and(Result::is_err)
+                && let Some(error) = payload.client_error()
+            {
+                return Err(error);
+            }
             let failure = match outcome {
                 Ok(Ok((response, checkin))) => {
                     let status = response.status().as_u16();
@@ -422,80 +516,57 @@ impl UpstreamSet {
                     } else {
                         self.record_success(endpoint);
                     }
-                    // NB: a retryable status that cannot be retried (no tries or
-                    // budget left) is the upstream's own answer, passed on.
-                    if !self.retry_allowed(&Failure::Status(status), try_number, max_tries, deadline) {
-                        return Ok((response, checkin));
+                    // NB: a retryable status that cannot be retried (no tries,
+                    // budget or time left) is the upstream's own answer.
+                    let retry =
+                        resend_safe && self.retry_wanted(|on| retries_status(on, status), try_number, max_tries);
+                    match retry.then(|| self.back_off(try_number, deadline)).flatten() {
+                        Some(wait) => {
+                            drop(response);
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                        None => return Ok((response, checkin)),
                     }
-                    drop(response);
-                    self.back_off(try_number, deadline, group).await?;
-                    continue;
                 }
-                Ok(Err(failure)) => {
-                    if !matches!(failure, Failure::BodyTooLarge) {
-                        self.record_failure(group, endpoint);
-                    }
-                    failure
+                Ok(Err(failure)) => failure,
+                Err(_) if payload.waiting_on_client() => {
+                    // The upstream is waiting for a body the client is slow to send.
+                    return Err(ProxyError::RequestTimeout { timeout_ms: per_try.as_millis() as u64 });
                 }
-                Err(_) => {
-                    self.record_failure(group, endpoint);
-                    Failure::Timeout(per_try.as_millis() as u64)
-                }
+                Err(_) => Failure::Timeout(per_try.as_millis() as u64),
             };
-            if !self.retry_allowed(&failure, try_number, max_tries, deadline) {
-                return Err(match failure {
-                    Failure::Connect(detail) | Failure::Reset(detail) => {
-                        ProxyError::UpstreamUnreachable { upstream: group.name.to_string(), detail }
-                    }
-                    Failure::Timeout(ms) => {
-                        ProxyError::UpstreamTimeout { upstream: group.name.to_string(), timeout_ms: ms }
-                    }
-                    Failure::BodyTooLarge => ProxyError::BodyTooLarge { limit: 0 },
-                    Failure::Status(status) => ProxyError::UpstreamUnreachable {
-                        upstream: group.name.to_string(),
-                        detail: format!("answered {status}"),
-                    },
-                });
+            self.record_failure(group, endpoint);
+            let written = !matches!(failure, Failure::Connect(_));
+            let on = match &failure {
+                Failure::Connect(_) => RetryOn::ConnectFailure,
+                Failure::Reset(_) => RetryOn::Reset,
+                Failure::Timeout(_) => RetryOn::Timeout,
+            };
+            let retry = (resend_safe || !written) && self.retry_wanted(|c| c.contains(&on), try_number, max_tries);
+            match retry.then(|| self.back_off(try_number, deadline)).flatten() {
+                Some(wait) => tokio::time::sleep(wait).await,
+                // The last real failure, never a made-up timeout.
+                None => return Err(failure.into_error(&group.name)),
             }
-            self.back_off(try_number, deadline, group).await?;
         }
     }
 
-    /// Waits before the next try: the base back-off doubled per try, with
-    /// jitter, never past the deadline.
-    async fn back_off(&self, try_number: u32, deadline: Instant, group: &Group) -> Result<(), ProxyError> {
-        let Some(r) = &self.retries else { return Ok(()) };
+    /// The wait before the next try: the base back-off doubled per try,
+    /// with jitter; `None` when it would cross the deadline.
+    fn back_off(&self, try_number: u32, deadline: Instant) -> Option<Duration> {
+        let r = self.retries.as_ref()?;
         let backoff = r.backoff_ms.saturating_mul(1 << (try_number - 1).min(6));
         let jitter = if backoff == 0 { 0 } else { random() % backoff };
         let wait = Duration::from_millis(backoff / 2 + jitter / 2);
-        if Instant::now() + wait >= deadline {
-            return Err(ProxyError::UpstreamTimeout {
-                upstream: group.name.to_string(),
-                timeout_ms: self.request_timeout.as_millis() as u64,
-            });
-        }
-        tokio::time::sleep(wait).await;
-        Ok(())
+        (Instant::now() + wait < deadline).then_some(wait)
     }
 
-    fn retry_allowed(&self, failure: &Failure, try_number: u32, max_tries: u32, deadline: Instant) -> bool {
+    /// Whether a failure of this kind may be retried now: the route retries
+    /// on it, tries are left, and the budget pays for one.
+    fn retry_wanted(&self, wanted: impl Fn(&[RetryOn]) -> bool, try_number: u32, max_tries: u32) -> bool {
         let Some(retries) = &self.retries else { return false };
-        if try_number >= max_tries || Instant::now() >= deadline {
-            return false;
-        }
-        let on = |c: RetryOn| retries.on.contains(&c);
-        let wanted = match failure {
-            Failure::Connect(_) => on(RetryOn::ConnectFailure),
-            Failure::Reset(_) => on(RetryOn::Reset),
-            Failure::Timeout(_) => on(RetryOn::Timeout),
-            Failure::Status(s) => {
-                on(RetryOn::Status5xx) && *s >= 500
-                    || on(RetryOn::GatewayError) && matches!(s, 502..=504)
-                    || on(RetryOn::Status429) && *s == 429
-            }
-            Failure::BodyTooLarge => false,
-        };
-        wanted && self.budget.withdraw()
+        try_number < max_tries && wanted(&retries.on) && self.state.budget.withdraw()
     }
 
     fn record_success(&self, endpoint: &EndpointState) {
@@ -607,18 +678,24 @@ pub fn forwarding_headers(ex: &Exchange, version: Version, headers: &mut http::H
     headers.insert(HeaderName::from_static("x-request-id"), ex.request_id_value.clone());
 }
 
+/// Whether a route retrying on `on` retries an upstream answer of `status`.
+fn retries_status(on: &[RetryOn], status: u16) -> bool {
+    on.iter().any(|c| match c {
+        RetryOn::Status5xx => status >= 500,
+        RetryOn::GatewayError => matches!(status, 502..=504),
+        RetryOn::Status429 => status == 429,
+        _ => false,
+    })
+}
+
 fn classify_pooled(err: &pool::SendError) -> Failure {
     match err {
         pool::SendError::Connect(detail) => Failure::Connect(detail.clone()),
-        pool::SendError::Http(e) if is_length_limit(e) => Failure::BodyTooLarge,
         pool::SendError::Http(e) => Failure::Reset(error_chain(e)),
     }
 }
 
 fn classify(err: &hyper_util::client::legacy::Error) -> Failure {
-    if is_length_limit(err) {
-        return Failure::BodyTooLarge;
-    }
     let detail = error_chain(err);
     if err.is_connect() { Failure::Connect(detail) } else { Failure::Reset(detail) }
 }

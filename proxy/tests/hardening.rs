@@ -342,3 +342,199 @@ async fn http2_cookie_fields_are_joined_for_http11_upstreams() {
     let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
     assert_eq!(cookies, ["a=1; b=2"]);
 }
+
+// ---------------------------------------------------------------------------
+// 5. Client body errors are the client's fault
+
+const CHECKED: &str = "  passiveHealth: { consecutiveFailures: 3, baseEjection: 30s, maxEjectionPercent: 100 }\n";
+
+#[tokio::test]
+async fn malformed_client_bodies_never_eject_a_healthy_upstream() {
+    let upstream = Upstream::named("up").await;
+    let yaml =
+        [route("checked", "/checked", &[&upstream.url()], CHECKED), route("plain", "/plain", &[&upstream.url()], "")]
+            .concat();
+    let proxy = Proxy::start(&yaml);
+    sluice_proxy::calllog::capture();
+    // Three POSTs whose chunked body breaks after the first chunk: once
+    // these ejected the endpoint, and every later request got 503.
+    for i in 0..3 {
+        let request = format!(
+            "POST /checked HTTP/1.1\r\nHost: gw.test\r\nx-request-id: bad-chunk-{i}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\nzz-not-a-size\r\n\r\n"
+        );
+        let answer = raw_exchange(proxy.http, request.as_bytes()).await;
+        // Answered 400, or the connection closed: never a 5xx.
+        assert!(matches!(answer.status(), 0 | 400), "{answer:?}");
+        let line = call_log_line(&format!("bad-chunk-{i}")).await;
+        let json: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(json["status"], 400, "{line}");
+        assert_eq!(json["error"], "bad-request", "{line}");
+    }
+    for path in ["/checked", "/plain"] {
+        let answer = get(&proxy.url(path)).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+    }
+    let metrics = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(!metrics.contains("sluice_upstream_errors_total{"), "no upstream error was counted: {metrics}");
+}
+
+#[tokio::test]
+async fn a_client_too_slow_with_its_body_gets_408_and_ejects_nothing() {
+    let upstream = Upstream::named("up").await;
+    let yaml = [
+        route("checked", "/checked", &[&upstream.url()], CHECKED),
+        route("short", "/short", &[&upstream.url()], &format!("  timeouts: {{ request: 300ms }}\n{CHECKED}")),
+    ]
+    .concat();
+    let limits = sluice_proxy::Limits { body_idle_timeout_ms: 300, ..sluice_proxy::Limits::default() };
+    let proxy = Proxy::start_with(&yaml, limits, false);
+    for path in ["/checked", "/short"] {
+        for _ in 0..3 {
+            let request =
+                format!("POST {path} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc");
+            let answer = raw_exchange(proxy.http, request.as_bytes()).await;
+            assert_eq!(answer.status(), 408, "{path}: {answer:?}");
+            assert_problem(&answer, "request-timeout", 408);
+        }
+        let answer = get(&proxy.url(path)).await;
+        assert_eq!(answer.status, 200, "{path} still served: {}", answer.text());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 6. Retries are safe
+
+const GATEWAY_RETRY: &str =
+    "  retries: { attempts: 2, on: [ConnectFailure, GatewayError], backoff: 1ms, budgetPercent: 100 }\n";
+
+#[tokio::test]
+async fn a_post_that_reached_the_upstream_is_not_retried_unless_the_route_says_so() {
+    let good = Upstream::named("good").await;
+    let bad = Upstream::start(|_| {
+        let mut response = ok("bad");
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        response
+    })
+    .await;
+    let refused = closed_port();
+    let yaml = [
+        service("web", &[good.addr.port(), bad.addr.port()]),
+        "---\n".into(),
+        service("refusing", &[refused.port(), good.addr.port()]),
+        "---\n".into(),
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{ name: once }}\nspec:\n  matches: [{{ path: {{ type: PathPrefix, value: /once }} }}]\n  backend: {{ services: [{{ name: web, port: 80 }}] }}\n{GATEWAY_RETRY}---\n"
+        ),
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{ name: refusing }}\nspec:\n  matches: [{{ path: {{ type: PathPrefix, value: /refusing }} }}]\n  backend: {{ services: [{{ name: refusing, port: 80 }}] }}\n{GATEWAY_RETRY}---\n"
+        ),
+    ]
+    .concat();
+    let proxy = Proxy::start(&yaml);
+    // Round robin alternates over two endpoints: one POST starts on each.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let post = send(Request::post(proxy.url("/once")).body(Full::new(Bytes::from("order"))).expect("req")).await;
+        statuses.push(post.status.as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 503], "the POST the bad endpoint answered was not sent again");
+    assert_eq!(bad.hits(), 1);
+    // A GET is idempotent: retried after the 503.
+    for _ in 0..2 {
+        assert_eq!(get(&proxy.url("/once")).await.status, 200);
+    }
+    // Nothing was written to a refused connection: a POST is retried then.
+    for _ in 0..2 {
+        let post =
+            send(Request::post(proxy.url("/refusing")).body(Full::new(Bytes::from("order"))).expect("req")).await;
+        assert_eq!(post.status, 200, "{}", post.text());
+    }
+}
+
+#[tokio::test]
+async fn a_back_off_past_the_deadline_ends_with_the_last_real_answer() {
+    let bad = Upstream::start(|_| {
+        let mut response = ok("the upstream's own 503");
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        response
+    })
+    .await;
+    let refused = closed_port();
+    let retry =
+        "  timeouts: { request: 1s }\n  retries: { attempts: 3, on: [ConnectFailure, GatewayError], backoff: 10s }\n";
+    let yaml = [
+        route("bad", "/bad", &[&bad.url()], retry),
+        route("refused", "/refused", &[&format!("http://{refused}")], retry),
+    ]
+    .concat();
+    let proxy = Proxy::start(&yaml);
+    let answer = get(&proxy.url("/bad")).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.text(), "the upstream's own 503");
+    let answer = get(&proxy.url("/refused")).await;
+    assert_eq!(answer.status, 502, "the connect failure, not a made-up 504: {}", answer.text());
+}
+
+// ---------------------------------------------------------------------------
+// 7. State that outlives a snapshot swap
+
+#[tokio::test]
+async fn retry_budgets_and_round_robin_positions_survive_reloads() {
+    let bad = Upstream::start(|_| {
+        let mut response = ok("bad");
+        *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+        response
+    })
+    .await;
+    let a = Upstream::named("a").await;
+    let b = Upstream::named("b").await;
+    let budget = "  retries: { attempts: 1, on: [GatewayError], backoff: 1ms, budgetPercent: 1 }\n";
+    let base = [
+        route("budget", "/budget", &[&bad.url()], budget),
+        service("pair", &[a.addr.port(), b.addr.port()]),
+        "---\napiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: pair }\nspec:\n  matches: [{ path: { type: PathPrefix, value: /pair } }]\n  backend: { services: [{ name: pair, port: 80 }] }\n---\n".into(),
+    ]
+    .concat();
+    let proxy = Proxy::start(&base);
+    // Exhaust the retry budget: ten retries to start with.
+    for _ in 0..15 {
+        get(&proxy.url("/budget")).await;
+    }
+    let state = proxy.gateway.upstreams.route("default/budget");
+    assert!(state.budget.balance() < 2.0, "drained: {}", state.budget.balance());
+    let first = get(&proxy.url("/pair")).await.text();
+
+    // A reload that changes another route.
+    let other = route("other", "/other", &[&a.url()], "");
+    proxy.reload(&format!("{base}{other}")).await;
+    assert!(proxy.gateway.report.load().last_reload.as_ref().is_some_and(|r| r.outcome == "installed"));
+
+    let after = proxy.gateway.upstreams.route("default/budget");
+    assert!(std::sync::Arc::ptr_eq(&state, &after), "the same budget after the swap");
+    assert!(after.budget.balance() < 9.0, "not refilled by the reload: {}", after.budget.balance());
+    let second = get(&proxy.url("/pair")).await.text();
+    assert_ne!(first, second, "round robin went on where it was");
+}
+
+#[tokio::test]
+async fn a_cancelled_request_gives_back_its_in_flight_count() {
+    let slow = Upstream::start_delayed(Duration::from_secs(5), |_| ok("late")).await;
+    let yaml = route("slow", "/", &[&slow.url()], "  loadBalancer: { policy: LeastRequest }\n");
+    let proxy = Proxy::start(&yaml);
+    let endpoint = proxy.gateway.upstreams.endpoint("default/slow", &slow.addr.to_string());
+    let mut tcp = tokio::net::TcpStream::connect(proxy.http).await.expect("connect");
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: gw.test\r\n\r\n").await.expect("write");
+    let in_flight = || endpoint.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while in_flight() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the request never went upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(tcp);
+    while in_flight() != 0 {
+        assert!(std::time::Instant::now() < deadline, "the cancelled request kept its in-flight count");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
