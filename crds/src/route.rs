@@ -559,7 +559,8 @@ pub struct Timeouts {
     /// across retries.
     #[serde(default = "default_request_timeout")]
     pub request: Duration,
-    /// Time an idle pooled upstream connection is kept.
+    /// Time an idle upstream connection is kept: a pooled one, or a
+    /// WebSocket tunnel with no traffic either way.
     #[serde(default = "default_idle_timeout")]
     pub idle: Duration,
 }

@@ -133,14 +133,49 @@ pub enum BodyError {
     Idle(u64),
 }
 
+/// A deadline that runs only while something waits: armed when a poll
+/// returns `Pending`, pushed back by every bit of progress. Nothing is
+/// allocated until the first wait.
+#[derive(Debug)]
+pub struct IdleTimer {
+    after: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleTimer {
+    /// A timer that expires after `after` without progress.
+    pub fn new(after: Duration) -> Self {
+        IdleTimer { after, timer: None }
+    }
+
+    /// Called when a poll is pending: whether the wait has now lasted too
+    /// long (else the waker is registered for when it will have).
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let after = self.after;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Called on progress: the wait starts again.
+    pub fn progress(&mut self) {
+        if let Some(timer) = self.timer.as_mut() {
+            timer.as_mut().reset(tokio::time::Instant::now() + self.after);
+        }
+    }
+
+    /// The timeout, in ms.
+    pub fn millis(&self) -> u64 {
+        self.after.as_millis() as u64
+    }
+}
+
 /// A client's request body: at most `limit` bytes, with an idle timeout
 /// between frames, reporting how it went in a shared [`BodyProgress`].
 #[derive(Debug)]
 pub struct ClientBody {
     inner: Incoming,
     limit: u64,
-    idle: Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: IdleTimer,
     progress: Arc<BodyProgress>,
 }
 
@@ -154,7 +189,7 @@ impl ClientBody {
             limit,
             idle,
         });
-        ClientBody { inner, limit, idle, timer: None, progress }
+        ClientBody { inner, limit, idle: IdleTimer::new(idle), progress }
     }
 
     /// The shared progress report.
@@ -173,11 +208,9 @@ impl Body for ClientBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
                 progress.waiting.store(true, Ordering::Relaxed);
-                let idle = this.idle;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if timer.as_mut().poll(cx).is_ready() {
+                if this.idle.expired(cx) {
                     progress.set(BodyState::Idle);
-                    return Poll::Ready(Some(Err(BodyError::Idle(idle.as_millis() as u64).into())));
+                    return Poll::Ready(Some(Err(BodyError::Idle(this.idle.millis()).into())));
                 }
                 Poll::Pending
             }
@@ -191,9 +224,7 @@ impl Body for ClientBody {
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit).into())));
                     }
                 }
-                if let Some(timer) = this.timer.as_mut() {
-                    timer.as_mut().reset(tokio::time::Instant::now() + this.idle);
-                }
+                this.idle.progress();
                 if this.inner.is_end_stream() {
                     progress.set(BodyState::Done);
                 }
@@ -225,18 +256,18 @@ impl Body for ClientBody {
 pub enum ResponseBody {
     /// Made by the gateway.
     Full(Full<Bytes>),
-    /// Streamed from the upstream.
-    Upstream(Incoming),
+    /// Streamed from the upstream, cut off when it stalls.
+    Upstream(Incoming, IdleTimer),
     /// Streamed from a pooled upstream connection, which goes back to the
     /// pool when the body has ended.
-    Pooled(Incoming, Option<crate::pool::Checkin>),
+    Pooled(Incoming, IdleTimer, Option<crate::pool::Checkin>),
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // A body that ended without being polled to the end (HEAD, 204,
         // 304, or an empty body) still frees its connection.
-        if let ResponseBody::Pooled(body, checkin) = self
+        if let ResponseBody::Pooled(body, _, checkin) = self
             && body.is_end_stream()
             && let Some(checkin) = checkin.take()
         {
@@ -252,6 +283,26 @@ impl ResponseBody {
     }
 }
 
+/// An upstream that stopped sending its response body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing of its response body for {0} ms")]
+pub struct UpstreamStalled(pub u64);
+
+fn poll_upstream(
+    body: &mut Incoming,
+    idle: &mut IdleTimer,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    match Pin::new(body).poll_frame(cx) {
+        Poll::Pending if idle.expired(cx) => Poll::Ready(Some(Err(UpstreamStalled(idle.millis()).into()))),
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(frame) => {
+            idle.progress();
+            Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -259,9 +310,9 @@ impl Body for ResponseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
-            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ResponseBody::Pooled(b, checkin) => {
-                let polled = Pin::new(&mut *b).poll_frame(cx).map_err(Into::into);
+            ResponseBody::Upstream(b, idle) => poll_upstream(b, idle, cx),
+            ResponseBody::Pooled(b, idle, checkin) => {
+                let polled = poll_upstream(b, idle, cx);
                 let ended = match &polled {
                     Poll::Ready(None) => true,
                     Poll::Ready(Some(Ok(_))) => b.is_end_stream(),
@@ -283,14 +334,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(b) => b.is_end_stream(),
-            ResponseBody::Upstream(b) | ResponseBody::Pooled(b, _) => b.is_end_stream(),
+            ResponseBody::Upstream(b, _) | ResponseBody::Pooled(b, _, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Full(b) => b.size_hint(),
-            ResponseBody::Upstream(b) | ResponseBody::Pooled(b, _) => b.size_hint(),
+            ResponseBody::Upstream(b, _) | ResponseBody::Pooled(b, _, _) => b.size_hint(),
         }
     }
 }

@@ -40,6 +40,9 @@ const FLUSH_AT: usize = 32 * 1024;
 /// One request, as logged.
 #[derive(Serialize, Debug)]
 pub struct CallLine<'a> {
+    /// `tunnel` for a WebSocket tunnel that closed; absent for requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'a str>,
     /// RFC 3339 time the request arrived.
     pub time: String,
     /// `x-request-id`.
@@ -50,6 +53,10 @@ pub struct CallLine<'a> {
     pub tenant: Option<&'a str>,
     /// Calling app, once identity is known.
     pub app: Option<&'a str>,
+    /// The client's address (the first untrusted hop when the peer is a
+    /// trusted proxy).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub client_ip: &'a str,
     /// Method.
     pub method: &'a str,
     /// Host the request was for.

@@ -15,8 +15,12 @@ pub struct Exchange {
     pub request_id_value: HeaderValue,
     /// The client's address.
     pub client: SocketAddr,
-    /// The client's IP as a header value (made once per connection).
+    /// The client's IP as a header value: the peer's, or the first
+    /// untrusted hop when the peer is a trusted proxy.
     pub client_ip: HeaderValue,
+    /// Whether the peer is a trusted proxy (its forwarding headers are
+    /// kept and extended rather than replaced).
+    pub peer_trusted: bool,
     /// `http` or `https`, as the client connected.
     pub scheme: &'static str,
     /// Host the request was for: lower-case, without port.
@@ -54,4 +58,7 @@ pub struct Exchange {
     pub bytes_in_streamed: Option<Arc<crate::body::BodyProgress>>,
     /// The snapshot version that served the request.
     pub snapshot_version: Arc<str>,
+    /// Marks the request in flight on its connection until the response
+    /// ends (moved into the record).
+    pub activity: Option<crate::conn::ActivityGuard>,
 }

@@ -325,6 +325,24 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// The client's address: the peer, unless the peer is a trusted proxy;
+/// then the first untrusted hop of `X-Forwarded-For`, read from the right
+/// (the leftmost when every hop is trusted).
+pub fn client_ip(peer: std::net::IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<std::net::IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    hops.iter().rev().find(|ip| !is_trusted(ip)).or(hops.first()).copied().unwrap_or(peer)
+}
+
 /// A host without port, lower-case, without a trailing dot; IPv6 without
 /// brackets.
 pub fn host_only(host: &str) -> String {

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod calllog;
+pub mod conn;
 pub mod errors;
 pub mod exchange;
 pub mod ingress;
@@ -30,6 +31,7 @@ pub mod stages;
 pub mod standalone;
 pub mod state;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 pub use server::{Running, ServerConfig, start};

@@ -28,7 +28,12 @@ OPTIONS:
     --workers N                worker threads (default: one per CPU)
     --max-body-bytes N         largest request body (default 10485760)
     --max-header-bytes N       largest request head (default 65536)
-    --header-read-timeout MS   time to read a request head, ms (default 10000)
+    --header-read-timeout MS   time from accept to a full first request head, ms (default 10000)
+    --keep-alive-timeout MS    longest idle time between requests on a connection, ms (default 75000)
+    --body-idle-timeout MS     longest silence inside a request body, ms (408 after it; default 60000)
+    --max-connections N        client connections per worker; more get 503 (default 16384)
+    --tls-default-host HOST    certificate for TLS clients without SNI (default: refuse them)
+    --trusted-proxies CIDRS    comma-separated peers whose X-Forwarded-For is believed (default: none)
     --shutdown-grace MS        time in-flight requests get at SIGTERM, ms (default 30000)
     --call-log on|off          one JSON line per request on stdout (default on)
     -h, --help                 this text
@@ -50,7 +55,12 @@ fn parse_args() -> Result<Args, String> {
     let mut workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut limits = Limits::default();
     let mut call_log = true;
-    let mut args = std::env::args().skip(1);
+    let mut tls_default_host = None;
+    // `--flag=value` is the same as `--flag value`.
+    let mut args = std::env::args().skip(1).flat_map(|arg| match arg.split_once('=') {
+        Some((flag, value)) if flag.starts_with("--") => vec![flag.to_owned(), value.to_owned()],
+        _ => vec![arg],
+    });
     while let Some(flag) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         let addr =
@@ -70,6 +80,25 @@ fn parse_args() -> Result<Args, String> {
                 limits.header_read_timeout_ms = number("--header-read-timeout", value("--header-read-timeout")?)?
             }
             "--shutdown-grace" => limits.shutdown_grace_ms = number("--shutdown-grace", value("--shutdown-grace")?)?,
+            "--keep-alive-timeout" => {
+                limits.keep_alive_timeout_ms = number("--keep-alive-timeout", value("--keep-alive-timeout")?)?
+            }
+            "--body-idle-timeout" => {
+                limits.body_idle_timeout_ms = number("--body-idle-timeout", value("--body-idle-timeout")?)?
+            }
+            "--max-connections" => {
+                limits.max_connections = number("--max-connections", value("--max-connections")?)?.max(1) as usize
+            }
+            "--tls-default-host" => tls_default_host = Some(value("--tls-default-host")?),
+            "--trusted-proxies" => {
+                for cidr in value("--trusted-proxies")?.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                    let net = cidr
+                        .parse::<ipnet::IpNet>()
+                        .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| format!("--trusted-proxies {cidr:?}: not an address or CIDR (10.0.0.0/8)"))?;
+                    limits.trusted_proxies.push(net);
+                }
+            }
             "--call-log" => {
                 call_log = match value("--call-log")?.as_str() {
                     "on" => true,
@@ -85,7 +114,11 @@ fn parse_args() -> Result<Args, String> {
     if http.is_empty() && https.is_empty() {
         http.push("127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?);
     }
-    Ok(Args { config_dir, server: ServerConfig { http, https, admin, workers }, limits, call_log })
+    if let Some(clash) = http.iter().chain(&https).find(|a| **a == admin) {
+        return Err(format!("--admin {admin} is also a traffic listener ({clash}): use another port"));
+    }
+    let server = ServerConfig { http, https, admin, workers, tls_default_host };
+    Ok(Args { config_dir, server, limits, call_log })
 }
 
 fn main() -> ExitCode {

@@ -126,6 +126,59 @@ pub struct Metrics {
     reloads: Family<ReloadResult, Counter>,
     /// Client connections open now.
     pub active_connections: Gauge,
+    /// Client connections refused at a worker's connection cap.
+    pub refused_connections: Counter,
+    tunnels: TunnelMetrics,
+}
+
+/// WebSocket tunnel series, made when a tunnel closes (most routes never
+/// have one).
+#[derive(Debug, Clone)]
+pub struct TunnelMetrics {
+    closed: Family<RouteLabel, Counter>,
+    bytes: Family<TunnelBytes, Counter>,
+    duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TunnelBytes {
+    route: String,
+    direction: Direction,
+}
+
+/// Which way bytes went.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to upstream.
+    Upstream,
+    /// Upstream to client.
+    Downstream,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Direction::Upstream => "upstream",
+            Direction::Downstream => "downstream",
+        })
+    }
+}
+
+impl TunnelMetrics {
+    /// Records a closed tunnel.
+    pub fn record(&self, route: &str, up: u64, down: u64, seconds: f64) {
+        let label = RouteLabel { route: route.to_owned() };
+        self.closed.get_or_create(&label).inc();
+        self.duration.get_or_create(&label).observe(seconds);
+        for (direction, bytes) in [(Direction::Upstream, up), (Direction::Downstream, down)] {
+            self.bytes.get_or_create(&TunnelBytes { route: route.to_owned(), direction }).inc_by(bytes);
+        }
+    }
+}
+
+fn tunnel_histogram() -> Histogram {
+    // 0.1 s .. ~1.8 h.
+    Histogram::new(exponential_buckets(0.1, 2.0, 16))
 }
 
 fn duration_histogram() -> Histogram {
@@ -146,6 +199,23 @@ impl Default for Metrics {
         let upstream_errors = Family::<UpstreamError, Counter>::default();
         let reloads = Family::<ReloadResult, Counter>::default();
         let active_connections = Gauge::default();
+        let refused_connections = Counter::default();
+        let tunnels = TunnelMetrics {
+            closed: Family::default(),
+            bytes: Family::default(),
+            duration: Family::new_with_constructor(tunnel_histogram as fn() -> Histogram),
+        };
+        registry.register("tunnels", "WebSocket tunnels closed, by route", tunnels.closed.clone());
+        registry.register(
+            "tunnel_bytes",
+            "Bytes through WebSocket tunnels, by route and direction",
+            tunnels.bytes.clone(),
+        );
+        registry.register(
+            "tunnel_duration_seconds",
+            "How long WebSocket tunnels stayed open",
+            tunnels.duration.clone(),
+        );
         registry.register("requests", "Requests answered, by route and status class", requests.clone());
         registry.register("request_duration_seconds", "Time from request to the end of the response", duration.clone());
         registry.register("request_bytes", "Request body bytes read from clients", request_bytes.clone());
@@ -158,6 +228,11 @@ impl Default for Metrics {
         registry.register("upstream_errors", "Upstream calls that failed, by error type", upstream_errors.clone());
         registry.register("config_reloads", "Configuration reloads, by outcome", reloads.clone());
         registry.register("active_connections", "Client connections open now", active_connections.clone());
+        registry.register(
+            "refused_connections",
+            "Client connections refused at a worker's connection cap",
+            refused_connections.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -168,6 +243,8 @@ impl Default for Metrics {
             upstream_errors,
             reloads,
             active_connections,
+            refused_connections,
+            tunnels,
         }
     }
 }
@@ -260,6 +337,11 @@ impl Metrics {
                 error: error.to_owned(),
             })
             .inc();
+    }
+
+    /// The tunnel series (cheap handles, for a tunnel's task).
+    pub fn tunnels(&self) -> TunnelMetrics {
+        self.tunnels.clone()
     }
 
     /// Counts a reload.

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header, request};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::TokioIo;
 
-use crate::body::{ClientBody, RequestBody, ResponseBody};
+use crate::body::{ClientBody, IdleTimer, RequestBody, ResponseBody};
+use crate::conn::Activity;
 use crate::errors::ProxyError;
 use crate::exchange::Exchange;
 use crate::ingress;
@@ -21,6 +21,7 @@ use crate::record::{Record, RecordBody};
 use crate::router::RequestView;
 use crate::stages::Flow;
 use crate::state::{BackendRuntime, Compiled, Gateway, RouteRuntime};
+use crate::tunnel::{self, Tunnel};
 use crate::upstream::{Payload, strip_hop_by_hop};
 
 /// Bodies up to this size are buffered on routes with retries, so a retry
@@ -36,20 +37,30 @@ pub struct Connection {
     pub client_ip: HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The TLS server name the client asked for (lower-case), if any.
+    pub sni: Option<Arc<str>>,
+    /// Requests in flight on the connection (for its idle deadline).
+    pub activity: Arc<Activity>,
 }
 
 impl Connection {
-    /// Describes a new client connection.
-    pub fn new(client: SocketAddr, tls: bool) -> Self {
+    /// A plain connection.
+    pub fn plain(client: SocketAddr) -> Self {
         let client_ip =
             HeaderValue::from_str(&client.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Connection { client, client_ip, tls }
+        Connection { client, client_ip, tls: false, sni: None, activity: Arc::default() }
+    }
+
+    /// A TLS connection for `sni`.
+    pub fn tls(client: SocketAddr, sni: Option<Arc<str>>) -> Self {
+        Connection { tls: true, sni, ..Connection::plain(client) }
     }
 }
 
 /// Serves one request.
 pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>) -> Response<RecordBody> {
     let started = Instant::now();
+    let activity = conn.activity.begin();
     let (mut parts, body) = req.into_parts();
     let (request_id, request_id_value) = request_id(&parts.headers);
     let current = gateway.current.load_full();
@@ -58,6 +69,7 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
         request_id_value,
         client: conn.client,
         client_ip: conn.client_ip,
+        peer_trusted: false,
         scheme: if conn.tls { "https" } else { "http" },
         host: String::new(),
         authority: None,
@@ -76,6 +88,7 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
         bytes_in: 0,
         bytes_in_streamed: None,
         snapshot_version: current.as_ref().map(|c| c.version.clone()).unwrap_or_else(|| Arc::from("")),
+        activity: Some(activity),
     };
     // Until the answer is handed to hyper, a dropped future is a client
     // that went away: the guard records it as 499.
@@ -90,6 +103,14 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
     };
     ex.host = admitted.host;
     ex.authority = admitted.authority;
+    let trusted = &gateway.limits.trusted_proxies;
+    if !trusted.is_empty() && trusted.iter().any(|net| net.contains(&conn.client.ip())) {
+        ex.peer_trusted = true;
+        let client = ingress::client_ip(conn.client.ip(), &parts.headers, trusted);
+        if let Ok(value) = HeaderValue::from_str(&client.to_string()) {
+            ex.client_ip = value;
+        }
+    }
     if ex.path != parts.uri.path() {
         ex.path = parts.uri.path().to_owned();
     }
@@ -97,12 +118,25 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
         let response = error_response(ex, &ProxyError::NotReady);
         return pending.finish(response);
     };
-    let found = compiled.router.find(&RequestView {
+    // A connection's certificate vouches for some hosts only: a request for
+    // another host (HTTP/2 connection reuse included) is misdirected.
+    if conn.tls && !compiled.certificates.same_certificate(conn.sni.as_deref(), &ex.host) {
+        let response = error_response(ex, &ProxyError::Misdirected { host: ex.host.clone() });
+        return pending.finish(response);
+    }
+    let view = RequestView {
         host: &ex.host,
         path: parts.uri.path(),
         method: &parts.method,
         headers: &parts.headers,
         query: parts.uri.query(),
+    };
+    let found = compiled.router.find(&view).or_else(|| {
+        // A CORS preflight asks about another method: routed as that
+        // method, to a route whose CORS policy answers it.
+        let asked = preflight_method(&parts)?;
+        let found = compiled.router.find(&RequestView { method: &asked, ..view })?;
+        compiled.snapshot.routes[found.route].cors.is_some().then_some(found)
     });
     let Some(found) = found else {
         let error = ProxyError::NoRoute { method: ex.method.to_string(), host: ex.host.clone(), path: ex.path.clone() };
@@ -131,6 +165,15 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
     }
     let response = run(gateway, route, ex, parts, body).await;
     pending.finish(response)
+}
+
+/// The method a CORS preflight asks about.
+fn preflight_method(parts: &request::Parts) -> Option<http::Method> {
+    if parts.method != http::Method::OPTIONS || !parts.headers.contains_key(header::ORIGIN) {
+        return None;
+    }
+    let asked = parts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    http::Method::from_bytes(asked.as_bytes()).ok()
 }
 
 /// A request between arrival and the hand-over of its answer. Dropped
@@ -162,6 +205,7 @@ impl Pending<'_> {
             route: ex.route_id.take(),
             tenant: ex.tenant.take(),
             app: ex.app.take(),
+            client_ip: ex.client_ip.clone(),
             method: ex.method.clone(),
             host: std::mem::take(&mut ex.host),
             path: std::mem::take(&mut ex.path),
@@ -174,6 +218,7 @@ impl Pending<'_> {
             error: ex.error,
             detail: ex.detail.take(),
             snapshot: ex.snapshot_version.clone(),
+            activity: ex.activity.take(),
             metrics,
         };
         Response::from_parts(parts, RecordBody::new(body, record))
@@ -281,16 +326,26 @@ async fn backend(
             if res_parts.status == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client_upgrade) = client_upgrade {
                     let upstream_upgrade = res_parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                    let tunnel = Tunnel {
+                        request_id: ex.request_id.clone(),
+                        route: route.id.clone(),
+                        upstream: ex.upstream.clone(),
+                        path: ex.path.clone(),
+                        host: ex.host.clone(),
+                        snapshot: ex.snapshot_version.clone(),
+                        idle: route.tunnel_idle,
+                    };
+                    tokio::spawn(tunnel::run(tunnel, gateway.metrics.tunnels(), client_upgrade, upstream_upgrade));
                 }
             } else {
                 strip_hop_by_hop(&mut res_parts.headers, false);
             }
             // An upgraded connection belongs to the tunnel, not to the pool.
             let checkin = checkin.filter(|_| res_parts.status != StatusCode::SWITCHING_PROTOCOLS);
+            let idle = IdleTimer::new(std::time::Duration::from_millis(gateway.limits.body_idle_timeout_ms));
             let body = match checkin {
-                Some(checkin) => ResponseBody::Pooled(res_body, Some(checkin)),
-                None => ResponseBody::Upstream(res_body),
+                Some(checkin) => ResponseBody::Pooled(res_body, idle, Some(checkin)),
+                None => ResponseBody::Upstream(res_body, idle),
             };
             Ok(Response::from_parts(res_parts, body))
         }
@@ -325,15 +380,6 @@ async fn payload(
         return Ok(Payload::Buffered(collected.to_bytes()));
     }
     Ok(Payload::Stream(Some(RequestBody::Stream(body)), progress))
-}
-
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Option<hyper::upgrade::OnUpgrade>) {
-    let Some(upstream) = upstream else { return };
-    if let (Ok(client), Ok(upstream)) = (client.await, upstream.await) {
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    }
 }
 
 fn error_response(ex: &mut Exchange, error: &ProxyError) -> Response<ResponseBody> {

@@ -22,6 +22,7 @@ pub struct Record {
     pub route: Option<Arc<str>>,
     pub tenant: Option<Arc<str>>,
     pub app: Option<Arc<str>>,
+    pub client_ip: http::HeaderValue,
     pub method: http::Method,
     pub host: String,
     pub path: String,
@@ -35,6 +36,8 @@ pub struct Record {
     pub detail: Option<String>,
     pub snapshot: Arc<str>,
     pub metrics: Arc<RouteMetrics>,
+    /// Ends the request's activity on its connection when dropped.
+    pub activity: Option<crate::conn::ActivityGuard>,
 }
 
 impl Record {
@@ -52,11 +55,13 @@ impl Record {
         }
         let time = jiff::Timestamp::try_from(self.time).map(|t| t.to_string()).unwrap_or_default();
         calllog::write(&CallLine {
+            kind: None,
             time,
             request_id: &self.request_id,
             route: self.route.as_deref(),
             tenant: self.tenant.as_deref(),
             app: self.app.as_deref(),
+            client_ip: self.client_ip.to_str().unwrap_or_default(),
             method: self.method.as_str(),
             host: &self.host,
             path: &self.path,

@@ -12,14 +12,12 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::pipeline::{self, Connection};
 use crate::state::Gateway;
-use crate::{admin, calllog, tls};
+use crate::{admin, calllog, conn, tls};
 
 /// Where to listen.
 #[derive(Debug, Clone)]
@@ -32,6 +30,9 @@ pub struct ServerConfig {
     pub admin: SocketAddr,
     /// Worker threads.
     pub workers: usize,
+    /// The host whose certificate answers TLS clients without SNI; without
+    /// it, such handshakes are refused.
+    pub tls_default_host: Option<String>,
 }
 
 /// A running server.
@@ -58,20 +59,22 @@ impl Running {
     }
 }
 
-/// Binds a listening socket with `SO_REUSEPORT`, so every worker can bind
-/// the same address.
+/// Binds a listening socket. NB: without `SO_REUSEPORT`, so a second
+/// process on the same port gets "address in use" instead of half the
+/// connections; the workers share the one socket (each accepts from a
+/// duplicate of it).
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
 }
 
-/// One socket per worker for each address; port 0 is resolved once.
+/// One socket per address, duplicated for each worker; port 0 is resolved
+/// by the bind.
 fn bind_all(
     addrs: &[SocketAddr],
     workers: usize,
@@ -79,13 +82,13 @@ fn bind_all(
     let mut bound = Vec::new();
     let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     for addr in addrs {
-        let first = bind(*addr).map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        let actual = first.local_addr()?;
-        bound.push(actual);
-        per_worker[0].push(first);
+        let listener =
+            bind(*addr).map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        bound.push(listener.local_addr()?);
         for listeners in per_worker.iter_mut().skip(1) {
-            listeners.push(bind(actual)?);
+            listeners.push(listener.try_clone()?);
         }
+        per_worker[0].push(listener);
     }
     Ok((bound, per_worker))
 }
@@ -95,11 +98,20 @@ pub fn start(gateway: Arc<Gateway>, config: &ServerConfig) -> std::io::Result<Ru
     let workers = config.workers.max(1);
     let (http, mut http_sockets) = bind_all(&config.http, workers)?;
     let (https, mut https_sockets) = bind_all(&config.https, workers)?;
+    if config.http.iter().chain(&config.https).any(|a| *a == config.admin && a.port() != 0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the admin listener {} is also a traffic listener", config.admin),
+        ));
+    }
     let admin_socket = bind(config.admin)
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.admin)))?;
     let admin_addr = admin_socket.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let tls_config = (!https.is_empty()).then(|| tls::server_config(gateway.clone()));
+    let tls_config = match https.is_empty() {
+        true => None,
+        false => Some(tls::server_config(gateway.clone(), config.tls_default_host.clone())?),
+    };
     // Workers still draining. Upstream connections are pooled for all
     // workers, and each is driven by the runtime of the worker that opened
     // it, so a worker keeps its runtime running until every worker has
@@ -114,6 +126,8 @@ pub fn start(gateway: Arc<Gateway>, config: &ServerConfig) -> std::io::Result<Ru
         let secure = std::mem::take(&mut https_sockets[worker]);
         let shutdown_rx = shutdown_rx.clone();
         let tls_config = tls_config.clone();
+        let default_host: Option<Arc<str>> =
+            config.tls_default_host.as_deref().map(|h| Arc::from(h.to_ascii_lowercase()));
         let draining = draining.clone();
         let thread = std::thread::Builder::new().name(format!("sluice-worker-{worker}")).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -126,7 +140,7 @@ pub fn start(gateway: Arc<Gateway>, config: &ServerConfig) -> std::io::Result<Ru
             };
             let grace = Duration::from_millis(gateway.limits.shutdown_grace_ms);
             runtime.block_on(async move {
-                worker_loop(gateway, plain, secure, tls_config, shutdown_rx).await;
+                worker_loop(gateway, plain, secure, tls_config, default_host, shutdown_rx).await;
                 draining.send_modify(|n| *n = n.saturating_sub(1));
                 let mut all = draining.subscribe();
                 let _ = tokio::time::timeout(grace, all.wait_for(|n| *n == 0)).await;
@@ -150,35 +164,24 @@ async fn worker_loop(
     plain: Vec<std::net::TcpListener>,
     secure: Vec<std::net::TcpListener>,
     tls_config: Option<Arc<rustls::ServerConfig>>,
+    default_host: Option<Arc<str>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Accept loops hold the Arc; each connection holds only a Watcher, so
-    // once the loops end the Arc is unique again and can be shut down.
-    let graceful = Arc::new(GracefulShutdown::new());
+    // Connections this worker serves: for the cap, and to wait for them
+    // at shutdown.
+    let open = Arc::new(watch::Sender::new(0usize));
+    let acceptor = tls_config.map(|config| TlsListener {
+        acceptor: tokio_rustls::TlsAcceptor::from(config),
+        default_host: default_host.clone(),
+    });
     let mut tasks = tokio::task::JoinSet::new();
-    for listener in plain {
+    let listeners = plain.into_iter().map(|l| (l, None)).chain(secure.into_iter().map(|l| (l, acceptor.clone())));
+    for (listener, tls) in listeners {
         match TcpListener::from_std(listener) {
             Ok(l) => {
-                tasks.spawn(accept_loop(gateway.clone(), l, None, graceful.clone(), shutdown.clone()));
+                tasks.spawn(accept_loop(gateway.clone(), l, tls, open.clone(), shutdown.clone()));
             }
             Err(e) => eprintln!("sluice-proxy: cannot use listener: {e}"),
-        }
-    }
-    if let Some(config) = tls_config {
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        for listener in secure {
-            match TcpListener::from_std(listener) {
-                Ok(l) => {
-                    tasks.spawn(accept_loop(
-                        gateway.clone(),
-                        l,
-                        Some(acceptor.clone()),
-                        graceful.clone(),
-                        shutdown.clone(),
-                    ));
-                }
-                Err(e) => eprintln!("sluice-proxy: cannot use listener: {e}"),
-            }
         }
     }
     // The call log of this worker is flushed every 100 ms; its idle
@@ -197,17 +200,14 @@ async fn worker_loop(
             _ = shutdown.changed() => break,
         }
     }
-    // Stop accepting: the accept loops end on the same signal.
+    // Stop accepting: the accept loops end on the same signal, and every
+    // connection starts closing gracefully.
     while tasks.join_next().await.is_some() {}
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        eprintln!("sluice-proxy: connections still referenced at shutdown; closing them");
-        calllog::flush();
-        return;
-    };
     let grace = Duration::from_millis(gateway.limits.shutdown_grace_ms);
+    let mut remaining = open.subscribe();
     let drained = tokio::time::timeout(grace, async {
         tokio::select! {
-            _ = graceful.shutdown() => {},
+            _ = remaining.wait_for(|n| *n == 0) => {},
             _ = async { loop { tokio::time::sleep(Duration::from_millis(100)).await; calllog::flush(); } } => {},
         }
     })
@@ -218,11 +218,28 @@ async fn worker_loop(
     calllog::flush();
 }
 
+/// A TLS listener's handshake settings.
+#[derive(Clone)]
+struct TlsListener {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// The name whose certificate clients without SNI get.
+    default_host: Option<Arc<str>>,
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenGuard(Arc<watch::Sender<usize>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 async fn accept_loop(
     gateway: Arc<Gateway>,
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    graceful: Arc<GracefulShutdown>,
+    tls: Option<TlsListener>,
+    open: Arc<watch::Sender<usize>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -240,78 +257,122 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let graceful = graceful.watcher();
-        match &tls {
-            None => {
-                // NB: hyper's version sniffing waits for the first byte with
-                // no timer of its own, so a connection that never sends is
-                // closed here after the header-read timeout.
-                let timeout = Duration::from_millis(gateway.limits.header_read_timeout_ms);
-                tokio::spawn(async move {
-                    let mut first = [0u8; 1];
-                    if let Ok(Ok(n)) = tokio::time::timeout(timeout, stream.peek(&mut first)).await
-                        && n > 0
-                    {
-                        serve(gateway, stream, client, false, graceful);
-                    }
-                });
+        if *open.borrow() >= gateway.limits.max_connections {
+            gateway.metrics.refused_connections.inc();
+            if tls.is_none() {
+                tokio::spawn(refuse(stream));
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let timeout = Duration::from_millis(gateway.limits.header_read_timeout_ms);
-                tokio::spawn(async move {
-                    if let Ok(Ok(tls_stream)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        serve_tls(gateway, tls_stream, client, graceful);
-                    }
-                });
-            }
+            continue;
         }
+        open.send_modify(|n| *n += 1);
+        let guard = OpenGuard(open.clone());
+        let (gateway, tls, shutdown) = (gateway.clone(), tls.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            gateway.metrics.active_connections.inc();
+            serve(&gateway, stream, client, tls, shutdown).await;
+            gateway.metrics.active_connections.dec();
+        });
     }
 }
 
-fn builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .max_buf_size(gateway.limits.max_header_bytes.max(8192))
-        .header_read_timeout(Duration::from_millis(gateway.limits.header_read_timeout_ms))
-        .writev(false);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(gateway.limits.max_header_bytes as u32);
-    builder
+/// Tells a client over the connection cap why it is turned away.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"type":"https://sluice.dev/problems/too-many-connections","title":"Too many connections","status":503,"detail":"this gateway worker is at its connection limit; try again"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
 
-fn serve(gateway: Arc<Gateway>, stream: TcpStream, client: SocketAddr, tls: bool, graceful: Watcher) {
-    serve_io(gateway, TokioIo::new(stream), client, tls, graceful);
-}
-
-fn serve_tls(
-    gateway: Arc<Gateway>,
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
+/// Serves one connection: TLS (if any), the protocol (ALPN, else the
+/// first bytes), then HTTP until a deadline, the client or shutdown ends it.
+async fn serve(
+    gateway: &Arc<Gateway>,
+    mut stream: TcpStream,
     client: SocketAddr,
-    graceful: Watcher,
+    tls: Option<TlsListener>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    serve_io(gateway, TokioIo::new(stream), client, true, graceful);
+    let first_request = tokio::time::Instant::now() + Duration::from_millis(gateway.limits.header_read_timeout_ms);
+    let Some(TlsListener { acceptor, default_host }) = tls else {
+        let Ok(Ok(Some((protocol, prefix)))) = tokio::time::timeout_at(first_request, conn::sniff(&mut stream)).await
+        else {
+            return;
+        };
+        let io = conn::Prefixed::new(prefix, stream, Duration::from_millis(gateway.limits.body_idle_timeout_ms));
+        return serve_http(gateway, io, Connection::plain(client), protocol, first_request, shutdown).await;
+    };
+    let Ok(Ok(mut stream)) = tokio::time::timeout_at(first_request, acceptor.accept(stream)).await else { return };
+    let (_, session) = stream.get_ref();
+    let sni: Option<Arc<str>> = session.server_name().map(|s| Arc::from(s.to_ascii_lowercase())).or(default_host);
+    // NB: ALPN decides; a client that negotiated h2 gets HTTP/2 only (an
+    // invalid preface is a connection error, never an HTTP/1.1 400).
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let (protocol, prefix) = match alpn.as_deref() {
+        Some(b"http/1.1") => (conn::Protocol::Http1, Vec::new()),
+        _ => match tokio::time::timeout_at(first_request, conn::sniff(&mut stream)).await {
+            Ok(Ok(Some((conn::Protocol::Http1, _)))) if alpn.is_some() => {
+                // h2 was negotiated: anything but the preface is a
+                // connection error (RFC 9113 §3.4), never an HTTP/1.1 400.
+                conn::refuse_h2(&mut stream).await;
+                return;
+            }
+            Ok(Ok(Some(sniffed))) => sniffed,
+            _ => return,
+        },
+    };
+    let io = conn::Prefixed::new(prefix, stream, Duration::from_millis(gateway.limits.body_idle_timeout_ms));
+    serve_http(gateway, io, Connection::tls(client, sni), protocol, first_request, shutdown).await;
 }
 
-fn serve_io<I>(gateway: Arc<Gateway>, io: TokioIo<I>, client: SocketAddr, tls: bool, graceful: Watcher)
-where
+async fn serve_http<I>(
+    gateway: &Arc<Gateway>,
+    io: I,
+    conn_info: Connection,
+    protocol: conn::Protocol,
+    first_request: tokio::time::Instant,
+    shutdown: watch::Receiver<bool>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let conn_info = Connection::new(client, tls);
+    let limits = &gateway.limits;
+    let activity = conn_info.activity.clone();
     let service_gateway = gateway.clone();
     let service = service_fn(move |req| {
         let gateway = service_gateway.clone();
         let conn_info = conn_info.clone();
         async move { Ok::<_, Infallible>(pipeline::handle(&gateway, conn_info, req).await) }
     });
-    let builder = builder(&gateway);
-    let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
-    let connection = graceful.watch(connection);
-    gateway.metrics.active_connections.inc();
-    tokio::spawn(async move {
-        let _ = connection.await;
-        gateway.metrics.active_connections.dec();
-    });
+    let deadlines =
+        conn::Deadlines { first_request, keep_alive_idle: Duration::from_millis(limits.keep_alive_timeout_ms) };
+    match protocol {
+        conn::Protocol::Http1 => {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+                .writev(false)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            conn::drive(connection, activity, deadlines, shutdown).await;
+        }
+        conn::Protocol::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(limits.max_header_bytes as u32)
+                .keep_alive_interval(Some(H2_PING_INTERVAL))
+                .keep_alive_timeout(H2_PING_INTERVAL);
+            let connection = builder.serve_connection(TokioIo::new(io), service);
+            conn::drive(connection, activity, deadlines, shutdown).await;
+        }
+    }
 }
+
+/// How often an HTTP/2 connection is pinged, and how long an answer may
+/// take before the connection is closed.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);

@@ -17,8 +17,8 @@ use crate::stages::{self, Stage};
 use crate::tls::Certificates;
 use crate::upstream::{UpstreamSet, Upstreams};
 
-/// Request limits enforced before routing.
-#[derive(Debug, Clone, Copy)]
+/// Request limits and ingress settings, enforced before routing.
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest request body, bytes.
     pub max_body_bytes: u64,
@@ -30,6 +30,16 @@ pub struct Limits {
     pub body_idle_timeout_ms: u64,
     /// Grace period for in-flight requests at shutdown, ms.
     pub shutdown_grace_ms: u64,
+    /// Longest time a connection may stay open without a request in
+    /// flight, ms (as nginx's `keepalive_timeout`).
+    pub keep_alive_timeout_ms: u64,
+    /// Most client connections one worker serves at once; more are
+    /// refused (a plain-HTTP client gets a 503 problem first).
+    pub max_connections: usize,
+    /// Peers whose `X-Forwarded-For` and `Forwarded` headers are believed
+    /// (load balancers in front of the gateway). From anyone else they are
+    /// replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for Limits {
@@ -40,6 +50,9 @@ impl Default for Limits {
             header_read_timeout_ms: 10_000,
             body_idle_timeout_ms: 60_000,
             shutdown_grace_ms: 30_000,
+            keep_alive_timeout_ms: 75_000,
+            max_connections: 16_384,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -78,6 +91,8 @@ pub struct RouteRuntime {
     pub retries: bool,
     /// Whether WebSocket upgrades are tunnelled.
     pub websocket: bool,
+    /// A tunnel with no byte either way for this long is closed.
+    pub tunnel_idle: std::time::Duration,
     /// Whether repeated slashes are merged in the forwarded path.
     pub merge_slashes: bool,
     /// Metric handles.
@@ -133,6 +148,7 @@ impl Compiled {
                         backend,
                         retries: route.traffic.retries.as_ref().is_some_and(|r| r.attempts > 0),
                         websocket: route.websocket,
+                        tunnel_idle: std::time::Duration::from_millis(route.traffic.idle_timeout_ms),
                         merge_slashes: route.merge_slashes,
                         metrics: metrics.route(&route.id),
                     }

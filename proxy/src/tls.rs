@@ -18,8 +18,6 @@ pub struct Certificates {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `(".suffix", key)`, longest first.
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
-    /// Used when the client sends no SNI: the first certificate.
-    fallback: Option<Arc<CertifiedKey>>,
     /// Certificates that could not be loaded: `secret: reason`.
     pub errors: Vec<String>,
 }
@@ -37,9 +35,6 @@ impl Certificates {
                     continue;
                 }
             };
-            if out.fallback.is_none() {
-                out.fallback = Some(key.clone());
-            }
             for host in &cert.hosts {
                 match host.strip_prefix('*') {
                     Some(suffix) => out.wildcard.push((suffix.to_owned(), key.clone())),
@@ -53,10 +48,11 @@ impl Certificates {
         out
     }
 
-    /// The certificate for a server name.
+    /// The certificate for a server name. NB: a client without SNI gets
+    /// none here (see [`SnapshotResolver`] for the configured default
+    /// host): never some tenant's certificate by accident.
     pub fn find(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = server_name else { return self.fallback.clone() };
-        let name = name.to_ascii_lowercase();
+        let name = server_name?.to_ascii_lowercase();
         if let Some(key) = self.exact.get(&name) {
             return Some(key.clone());
         }
@@ -66,9 +62,19 @@ impl Certificates {
             .map(|(_, key)| key.clone())
     }
 
+    /// Whether the certificate served for `server_name` is the one for
+    /// `host` (the request's host is covered by the connection's
+    /// certificate).
+    pub fn same_certificate(&self, server_name: Option<&str>, host: &str) -> bool {
+        match (self.find(server_name), self.find(Some(host))) {
+            (Some(served), Some(wanted)) => Arc::ptr_eq(&served, &wanted),
+            _ => false,
+        }
+    }
+
     /// Whether there is any certificate.
     pub fn is_empty(&self) -> bool {
-        self.fallback.is_none()
+        self.exact.is_empty() && self.wildcard.is_empty()
     }
 }
 
@@ -86,24 +92,49 @@ fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> 
 }
 
 /// Picks the certificate from whatever snapshot is installed at handshake
-/// time, so certificate changes need no listener restart.
+/// time, so certificate changes need no listener restart. A client without
+/// SNI gets the default host's certificate if one is configured; without
+/// one, or for a name no route claims, the handshake is refused.
 #[derive(Debug)]
-pub struct SnapshotResolver(pub Arc<Gateway>);
+pub struct SnapshotResolver {
+    gateway: Arc<Gateway>,
+    default_host: Option<String>,
+}
 
 impl ResolvesServerCert for SnapshotResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let current = self.0.current.load();
-        current.as_ref()?.certificates.find(hello.server_name())
+        let current = self.gateway.current.load();
+        let name = hello.server_name().or(self.default_host.as_deref());
+        current.as_ref()?.certificates.find(name)
     }
 }
 
-/// The server TLS config: SNI from the snapshot, ALPN h2 then http/1.1.
-pub fn server_config(gateway: Arc<Gateway>) -> Arc<rustls::ServerConfig> {
+/// The server TLS config: SNI from the snapshot, ALPN h2 then http/1.1,
+/// session resumption by tickets (rotated every 6 hours) and by id.
+pub fn server_config(
+    gateway: Arc<Gateway>,
+    default_host: Option<String>,
+) -> Result<Arc<rustls::ServerConfig>, std::io::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .expect("the ring provider supports TLS 1.2 and 1.3");
-    let mut config = builder.with_no_client_auth().with_cert_resolver(Arc::new(SnapshotResolver(gateway)));
+        .map_err(std::io::Error::other)?;
+    let default_host = default_host.map(|h| h.to_ascii_lowercase());
+    let mut config =
+        builder.with_no_client_auth().with_cert_resolver(Arc::new(SnapshotResolver { gateway, default_host }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(std::io::Error::other)?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Limits;
+
+    #[test]
+    fn session_tickets_are_on() {
+        let config = server_config(Gateway::new(Limits::default(), "test"), None).expect("config");
+        assert!(config.ticketer.enabled());
+    }
 }

@@ -655,16 +655,35 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// Sets `X-Forwarded-For/Proto/Host`, `Via` and `x-request-id`.
+/// Sets `X-Forwarded-For/Proto/Host`, `X-Real-IP`, `Via` and
+/// `x-request-id`. From an untrusted peer, `X-Forwarded-For` is replaced by
+/// the peer's address and `Forwarded` is dropped; a trusted proxy's are
+/// extended with it.
 pub fn forwarding_headers(ex: &Exchange, version: Version, headers: &mut http::HeaderMap) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.is_empty() => {
-            HeaderValue::from_str(&format!("{prior}, {}", ex.client.ip())).unwrap_or_else(|_| ex.client_ip.clone())
-        }
-        _ => ex.client_ip.clone(),
+    let peer = ex.client.ip();
+    // NB: from an untrusted peer the client is the peer, whose address is
+    // made once per connection.
+    let value = if ex.peer_trusted {
+        let prior: Vec<&str> = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
+        let chain = if prior.is_empty() { peer.to_string() } else { format!("{}, {peer}", prior.join(", ")) };
+        HeaderValue::from_str(&chain).unwrap_or_else(|_| ex.client_ip.clone())
+    } else {
+        ex.client_ip.clone()
     };
     headers.insert(xff, value);
+    if ex.peer_trusted {
+        let element = match peer {
+            std::net::IpAddr::V4(ip) => format!("for={ip}"),
+            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+        };
+        if let Ok(value) = HeaderValue::from_str(&element) {
+            headers.append(header::FORWARDED, value);
+        }
+    } else {
+        headers.remove(header::FORWARDED);
+    }
+    headers.insert(HeaderName::from_static("x-real-ip"), ex.client_ip.clone());
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(ex.scheme));
     if let Some(authority) = &ex.authority {
         headers.insert(HeaderName::from_static("x-forwarded-host"), authority.clone());

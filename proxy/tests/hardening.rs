@@ -538,3 +538,137 @@ async fn a_cancelled_request_gives_back_its_in_flight_count() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// 8. Connection cap
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_worker_cap_are_refused_with_a_503() {
+    let upstream = Upstream::named("up").await;
+    // Two workers with one connection each: the third open connection at
+    // the latest is turned away.
+    let limits = sluice_proxy::Limits { max_connections: 1, ..sluice_proxy::Limits::default() };
+    let proxy = Proxy::start_with(&route("any", "/", &[&upstream.url()], ""), limits, false);
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..3 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(proxy.http).await.expect("connect");
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: gw.test\r\n\r\n").await.expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.expect("an answer").unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.starts_with("HTTP/1.1 503") {
+            refused = Some(text);
+            break;
+        }
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        held.push(tcp);
+    }
+    let refused = refused.expect("a connection over the cap was refused");
+    assert!(refused.contains("too-many-connections"), "{refused}");
+    let metrics = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(metrics.contains("sluice_refused_connections_total 1"), "{metrics}");
+    drop(held);
+}
+
+// ---------------------------------------------------------------------------
+// 10. Client addresses
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_replaced() {
+    let upstream = Upstream::named("up").await;
+    let limits =
+        sluice_proxy::Limits { trusted_proxies: vec!["10.0.0.0/8".parse().expect("cidr")], ..Default::default() };
+    let proxy = Proxy::start_with(&route("any", "/", &[&upstream.url()], ""), limits, false);
+    sluice_proxy::calllog::capture();
+    let answer = raw(
+        &proxy,
+        "GET /x HTTP/1.1\r\nHost: gw.test\r\nx-request-id: untrusted-xff\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: for=1.2.3.4\r\nX-Real-IP: 1.2.3.4",
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+    let seen = upstream.last();
+    let header = |name: &str| seen.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(header("x-real-ip").as_deref(), Some("127.0.0.1"));
+    assert_eq!(header("forwarded"), None);
+    let line = call_log_line("untrusted-xff").await;
+    assert!(line.contains(r#""client_ip":"127.0.0.1""#), "{line}");
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_chain_names_the_first_untrusted_hop() {
+    let upstream = Upstream::named("up").await;
+    let limits = sluice_proxy::Limits {
+        trusted_proxies: vec!["127.0.0.0/8".parse().expect("cidr"), "10.0.0.0/8".parse().expect("cidr")],
+        ..Default::default()
+    };
+    let proxy = Proxy::start_with(&route("any", "/", &[&upstream.url()], ""), limits, false);
+    sluice_proxy::calllog::capture();
+    let answer = raw(
+        &proxy,
+        "GET /x HTTP/1.1\r\nHost: gw.test\r\nx-request-id: trusted-xff\r\nX-Forwarded-For: 198.51.100.7, 203.0.113.9, 10.1.2.3",
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+    let seen = upstream.last();
+    let header = |name: &str| seen.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(header("x-forwarded-for").as_deref(), Some("198.51.100.7, 203.0.113.9, 10.1.2.3, 127.0.0.1"));
+    assert_eq!(header("x-real-ip").as_deref(), Some("203.0.113.9"));
+    assert_eq!(header("forwarded").as_deref(), Some("for=127.0.0.1"));
+    let line = call_log_line("trusted-xff").await;
+    assert!(line.contains(r#""client_ip":"203.0.113.9""#), "{line}");
+}
+
+// ---------------------------------------------------------------------------
+// 12. Listeners and CORS
+
+#[tokio::test]
+async fn a_second_listener_on_the_same_port_is_refused() {
+    let proxy = Proxy::start(&route("any", "/", &["http://127.0.0.1:9"], ""));
+    let config = sluice_proxy::ServerConfig {
+        http: vec![proxy.http],
+        https: Vec::new(),
+        admin: "127.0.0.1:0".parse().expect("addr"),
+        workers: 1,
+        tls_default_host: None,
+    };
+    let error = sluice_proxy::start(proxy.gateway.clone(), &config).expect_err("the port is taken");
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+}
+
+#[test]
+fn the_admin_address_cannot_be_a_traffic_listener() {
+    let dir = TempDir::new();
+    dir.write("routes.yaml", &route("any", "/", &["http://127.0.0.1:9"], ""));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
+        .args(["--config-dir", &dir.0.display().to_string(), "--listen", "127.0.0.1:18599", "--admin=127.0.0.1:18599"])
+        .output()
+        .expect("run sluice-proxy");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--admin 127.0.0.1:18599 is also a traffic listener"), "{stderr}");
+}
+
+#[tokio::test]
+async fn cors_preflight_reaches_a_route_restricted_to_other_methods() {
+    let upstream = Upstream::named("data").await;
+    let yaml = "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: users }\nspec:\n  matches: [{ path: { type: PathPrefix, value: /users }, methods: [GET] }]\n  cors: { allowOrigins: [\"http://localhost:3000\"] }\n  backend: { directResponse: { status: 200, body: \"[]\" } }\n---\n";
+    let proxy = Proxy::start(yaml);
+    let answer = raw(
+        &proxy,
+        "OPTIONS /users HTTP/1.1\r\nHost: gw.test\r\nOrigin: http://localhost:3000\r\nAccess-Control-Request-Method: GET",
+    )
+    .await;
+    assert_eq!(answer.status(), 204, "{answer:?}");
+    assert_eq!(answer.header("access-control-allow-origin"), Some("http://localhost:3000"));
+    // A preflight for a method the route does not serve is not routed there.
+    let answer = raw(
+        &proxy,
+        "OPTIONS /users HTTP/1.1\r\nHost: gw.test\r\nOrigin: http://localhost:3000\r\nAccess-Control-Request-Method: DELETE",
+    )
+    .await;
+    assert_eq!(answer.status(), 404, "{answer:?}");
+    drop(upstream);
+}

@@ -181,6 +181,11 @@ impl Pki {
 
     /// A client trusting this CA only, offering `alpn`.
     fn client(&self, alpn: &[&[u8]]) -> TlsConnector {
+        self.client_sni(alpn, true)
+    }
+
+    /// The same, with or without SNI (the name is still verified).
+    fn client_sni(&self, alpn: &[&[u8]], sni: bool) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).expect("the CA is a valid trust anchor");
         let mut config =
@@ -190,6 +195,7 @@ impl Pki {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.enable_sni = sni;
         TlsConnector::from(Arc::new(config))
     }
 }
@@ -917,6 +923,7 @@ async fn shutdown_on_many_workers(workers: usize, warm: usize, slow: usize, grpc
         https: Vec::new(),
         admin: "127.0.0.1:0".parse().expect("addr"),
         workers,
+        tls_default_host: None,
     };
     let running = sluice_proxy::start(gateway, &config).expect("the proxy starts");
     let http = running.http[0];
@@ -993,3 +1000,192 @@ async fn silent_idle_and_slow_clients_are_cut_off_after_the_header_read_timeout(
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Issue 13: tunnels, deadlines and TLS hardening
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_tunnel_is_closed_and_counted() {
+    within(async {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let upstream = upgrade_echo_upstream(seen.clone()).await;
+        let proxy = Proxy::start(&route("ws", "/ws", &[&upstream.url()], "  timeouts: { idle: 300ms }\n"));
+        sluice_proxy::calllog::capture();
+        let (response, _sender, _conn_task) = open_tunnel(proxy.http, "/ws/idle").await;
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).expect("id").to_owned();
+        let upgraded = step("the upgrade", hyper::upgrade::on(response)).await.expect("the connection upgrades");
+        let mut io = TokioIo::new(upgraded);
+        step("write", io.write_all(b"ping")).await.expect("write");
+        let mut echo = [0u8; 4];
+        step("read the echo", io.read_exact(&mut echo)).await.expect("echo");
+        // Then silence: the proxy closes the tunnel after 300 ms.
+        let mut rest = Vec::new();
+        let closed_at = Instant::now();
+        let _ = step("the idle tunnel closes", io.read_to_end(&mut rest)).await;
+        assert!(closed_at.elapsed() < Duration::from_secs(5));
+        let line = support::call_log_line_with(&["\"kind\":\"tunnel\"", &id]).await;
+        let json: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(json["request_id"], id.as_str(), "{line}");
+        assert_eq!(json["bytes_in"], 4, "{line}");
+        assert_eq!(json["bytes_out"], 4, "{line}");
+        assert_eq!(json["error"], "tunnel-idle-timeout", "{line}");
+        let metrics = support::get(&proxy.admin_url("/metrics")).await.text();
+        assert!(metrics.contains(r#"sluice_tunnels_total{route="default/ws"} 1"#), "{metrics}");
+        assert!(
+            metrics.contains(r#"sluice_tunnel_bytes_total{route="default/ws",direction="upstream"} 4"#),
+            "{metrics}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_without_sni_get_the_default_host_or_nothing() {
+    within(async {
+        let setup = TlsSetup::start().await;
+        // No SNI: refused, never some route's certificate.
+        let client = setup.pki.client_sni(&[b"http/1.1"], false);
+        assert!(tls_connect(setup.https(), ALPHA, &client).await.is_err(), "no certificate without SNI");
+
+        // With --tls-default-host, that host's certificate.
+        let pki = Pki::new();
+        let beta = pki.leaf(BETA);
+        let upstream = Upstream::named("beta").await;
+        let yaml = [tls_secret("beta-tls", &beta), tls_route("beta", BETA, "beta-tls", &upstream.url())].concat();
+        let dir = support::TempDir::new();
+        dir.write("routes.yaml", &yaml);
+        let gateway = Gateway::new(Limits::default(), "test");
+        assert!(standalone::apply(&gateway, &standalone::load(&dir.0)));
+        let config = ServerConfig {
+            http: Vec::new(),
+            https: vec!["127.0.0.1:0".parse().expect("addr")],
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            workers: 1,
+            tls_default_host: Some(BETA.to_owned()),
+        };
+        let running = sluice_proxy::start(gateway, &config).expect("starts");
+        let client = pki.client_sni(&[b"http/1.1"], false);
+        let stream = tls_connect(running.https[0], BETA, &client).await.expect("the default host's certificate");
+        assert_eq!(peer_certificate(&stream), beta.der);
+        drop(stream);
+        running.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_a_host_the_connection_certificate_does_not_cover_gets_421() {
+    within(async {
+        let setup = TlsSetup::start().await;
+        for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+            let client = setup.pki.client(&[alpn]);
+            let stream = tls_connect(setup.https(), ALPHA, &client).await.expect("handshake");
+            let requests = vec![get(&format!("https://{ALPHA}/"), ALPHA), get(&format!("https://{BETA}/"), BETA)];
+            let replies = if alpn == b"h2" {
+                let requests = requests
+                    .into_iter()
+                    .map(|r| {
+                        let (mut parts, body) = r.into_parts();
+                        parts.version = Version::HTTP_2;
+                        parts.headers.remove(header::HOST);
+                        Request::from_parts(parts, body)
+                    })
+                    .collect();
+                http2(stream, requests).await
+            } else {
+                http1(stream, requests).await
+            };
+            assert_eq!(replies[0].status, StatusCode::OK, "{:?}", alpn);
+            assert_eq!(replies[1].status, StatusCode::MISDIRECTED_REQUEST, "{:?}: {}", alpn, replies[1].text());
+        }
+        assert_eq!(setup.beta_upstream.hits(), 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume() {
+    within(async {
+        let setup = TlsSetup::start().await;
+        let client = setup.pki.client(&[b"http/1.1"]);
+        // The first connection receives tickets (read after the handshake);
+        // the second resumes.
+        let stream = tls_connect(setup.https(), ALPHA, &client).await.expect("handshake");
+        let replies = http1(stream, vec![get(&format!("https://{ALPHA}/"), ALPHA)]).await;
+        assert_eq!(replies[0].status, StatusCode::OK);
+        let stream = tls_connect(setup.https(), ALPHA, &client).await.expect("handshake");
+        assert_eq!(stream.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_h2_means_http2_only() {
+    within(async {
+        let setup = TlsSetup::start().await;
+        let client = setup.pki.client(&[b"h2"]);
+        let mut stream = tls_connect(setup.https(), ALPHA, &client).await.expect("handshake");
+        assert_eq!(alpn(&stream).as_deref(), Some(&b"h2"[..]));
+        step("write", stream.write_all(b"GET / HTTP/1.1\r\nHost: alpha.sluice.test\r\n\r\n")).await.expect("write");
+        let mut answer = Vec::new();
+        let _ = step("read", stream.read_to_end(&mut answer)).await;
+        assert!(!answer.starts_with(b"HTTP/"), "an HTTP/1.1 answer on an h2 connection: {answer:?}");
+        // HTTP/2 frames: SETTINGS (type 4) then GOAWAY (type 7) with PROTOCOL_ERROR (1).
+        let goaway = answer.windows(4).any(|w| w[3] == 7) && answer.ends_with(&[0, 0, 0, 1]);
+        assert!(goaway, "a GOAWAY with PROTOCOL_ERROR: {answer:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_at_the_header_deadline() {
+    within(async {
+        let pki = Pki::new();
+        let alpha = pki.leaf(ALPHA);
+        let upstream = Upstream::named("alpha").await;
+        let yaml = [tls_secret("alpha-tls", &alpha), tls_route("alpha", ALPHA, "alpha-tls", &upstream.url())].concat();
+        let limits = Limits { header_read_timeout_ms: 300, keep_alive_timeout_ms: 300, ..Limits::default() };
+        let proxy = Proxy::start_with(&yaml, limits, true);
+        let https = proxy.https.expect("tls");
+        let closes = |what: &'static str, mut io: Box<dyn AsyncReadWrite>| async move {
+            let started = Instant::now();
+            let mut buf = [0u8; 1024];
+            loop {
+                match step(what, io.read(&mut buf)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+        };
+        // One byte, then silence.
+        let mut tcp = TcpStream::connect(proxy.http).await.expect("connect");
+        tcp.write_all(b"G").await.expect("write");
+        closes("a byte then silence", Box::new(tcp)).await;
+        // The HTTP/2 preface, then silence.
+        let mut tcp = TcpStream::connect(proxy.http).await.expect("connect");
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.expect("write");
+        closes("an h2c preface then silence", Box::new(tcp)).await;
+        // A TLS handshake, then silence (both ALPNs).
+        for offer in [&b"http/1.1"[..], &b"h2"[..]] {
+            let stream = tls_connect(https, ALPHA, &pki.client(&[offer])).await.expect("handshake");
+            closes("TLS then silence", Box::new(stream)).await;
+        }
+        // Idle between requests: closed after the keep-alive timeout, while
+        // the client still holds the connection.
+        let tcp = TcpStream::connect(proxy.http).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
+        let task = tokio::spawn(conn);
+        let reply =
+            Reply::read(step("a response", sender.send_request(get("/", ALPHA))).await.expect("response")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let _ = step("the idle connection closes", task).await;
+        drop(sender);
+    })
+    .await;
+}
+
+/// A stream the deadline test reads from.
+trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncReadWrite for T {}

@@ -145,3 +145,17 @@ fn prefixes_map_onto_unmerged_paths() {
     assert_eq!(segments_end("/api/v1", 0), 0);
     assert_eq!(segments_end("/api", 1), 4);
 }
+
+#[test]
+fn the_client_is_the_first_untrusted_hop_from_the_right() {
+    let trusted: Vec<ipnet::IpNet> = ["10.0.0.0/8", "127.0.0.1/32"].iter().map(|n| n.parse().expect("cidr")).collect();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7, 203.0.113.9, 10.1.2.3"));
+    let local: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    let stranger: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
+    assert_eq!(client_ip(local, &headers, &trusted).to_string(), "203.0.113.9");
+    assert_eq!(client_ip(stranger, &headers, &trusted), stranger);
+    assert_eq!(client_ip(local, &headers, &[]), local);
+    headers.insert("x-forwarded-for", HeaderValue::from_static("10.9.9.9, 10.1.2.3"));
+    assert_eq!(client_ip(local, &headers, &trusted).to_string(), "10.9.9.9");
+}

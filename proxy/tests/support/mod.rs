@@ -80,6 +80,7 @@ impl Proxy {
             https: if tls { vec!["127.0.0.1:0".parse().expect("addr")] } else { Vec::new() },
             admin: "127.0.0.1:0".parse().expect("addr"),
             workers: 2,
+            tls_default_host: None,
         };
         let running = sluice_proxy::start(gateway.clone(), &config).expect("proxy starts");
         let stop = Arc::new(AtomicBool::new(false));
@@ -329,14 +330,19 @@ pub fn service(name: &str, ports: &[u16]) -> String {
 /// The captured call log line containing `needle`, once a worker has
 /// flushed it (workers flush every 100 ms).
 pub async fn call_log_line(needle: &str) -> String {
+    call_log_line_with(&[needle]).await
+}
+
+/// The captured call log line containing every one of `needles`.
+pub async fn call_log_line_with(needles: &[&str]) -> String {
     for _ in 0..100 {
         let captured = String::from_utf8(sluice_proxy::calllog::capture()).expect("utf-8");
-        if let Some(line) = captured.lines().find(|l| l.contains(needle)) {
+        if let Some(line) = captured.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
             return line.to_owned();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("no call log line contains {needle}");
+    panic!("no call log line contains all of {needles:?}");
 }
 
 /// A response read off the wire by [`raw_exchange`].

@@ -1,0 +1,303 @@
+//! One client connection from accept to close, with a deadline at every
+//! point a client could stall it:
+//!
+//! ```text
+//!  accept ──(TLS handshake)──> protocol: ALPN h2 -> HTTP/2 only,
+//!     │                        ALPN http/1.1 -> HTTP/1.1 only,
+//!     │                        none -> sniff the first bytes (h2c preface?)
+//!     │
+//!     ├─ until the first request starts: the header-read timeout
+//!     │  (a byte then silence, a silent TLS client, an idle h2c preface)
+//!     │  -> closed without an answer
+//!     ├─ between requests: the keep-alive idle timeout (75 s, as nginx)
+//!     │  -> graceful close (HTTP/1.1: close; HTTP/2: GOAWAY)
+//!     ├─ HTTP/2: keep-alive pings; a peer that stops answering is closed
+//!     └─ shutdown: graceful close, then the worker's grace period
+//! ```
+//!
+//! A request is "in flight" from the moment its head is parsed until its
+//! response body ends ([`Activity`]); idle time is counted only between.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::body::IdleTimer;
+use crate::upstream::now_ms;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Debug, Default)]
+pub struct Activity {
+    active: AtomicU32,
+    started: AtomicU64,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    /// Marks a request as started; the guard ends it when dropped (at the
+    /// end of its response body).
+    pub fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        ActivityGuard(self.clone())
+    }
+}
+
+/// One request in flight; see [`Activity::begin`].
+#[derive(Debug)]
+pub struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.last_ms.store(now_ms(), Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The HTTP version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (and 1.0).
+    Http1,
+    /// HTTP/2 (over TLS by ALPN, or cleartext with prior knowledge).
+    Http2,
+}
+
+/// Reads the first bytes of a connection without ALPN and decides its
+/// protocol: the HTTP/2 preface, or anything else (HTTP/1.1). Returns the
+/// bytes read, to be replayed; `None` when the peer closed first.
+pub async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Option<(Protocol, Vec<u8>)>> {
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    while buf.len() < H2_PREFACE.len() {
+        let mut chunk = [0u8; 24];
+        let want = H2_PREFACE.len() - buf.len();
+        let n = io.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if !H2_PREFACE.starts_with(&buf) {
+            return Ok(Some((Protocol::Http1, buf)));
+        }
+    }
+    Ok(Some((Protocol::Http2, buf)))
+}
+
+/// Ends an HTTP/2 connection whose preface was wrong: an empty SETTINGS
+/// frame, then GOAWAY with PROTOCOL_ERROR (RFC 9113 §3.4, §6.8).
+pub async fn refuse_h2<I: AsyncWrite + Unpin>(io: &mut I) {
+    use tokio::io::AsyncWriteExt;
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    const GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let _ = io.write_all(&SETTINGS).await;
+    let _ = io.write_all(&GOAWAY).await;
+    let _ = io.shutdown().await;
+}
+
+/// A client connection's IO: first replays bytes already read (by
+/// [`sniff`]), and fails a write that has waited on the client longer than
+/// the idle timeout (a client that stopped reading its answer).
+#[derive(Debug)]
+pub struct Prefixed<I> {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: I,
+    write_stall: IdleTimer,
+}
+
+impl<I> Prefixed<I> {
+    /// Replays `prefix`, then reads from `inner`; writes fail after
+    /// `write_idle` without progress.
+    pub fn new(prefix: Vec<u8>, inner: I, write_idle: Duration) -> Self {
+        Prefixed { prefix, offset: 0, inner, write_stall: IdleTimer::new(write_idle) }
+    }
+
+    fn stalled<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Pending if self.write_stall.expired(cx) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading the answer",
+            ))),
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.write_stall.progress();
+                ready
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.offset < this.prefix.len() {
+            let rest = &this.prefix[this.offset..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.offset += n;
+            if this.offset == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.offset = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.stalled(cx, polled)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.stalled(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.stalled(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A hyper server connection that can be asked to finish gracefully.
+pub trait Graceful: Future {
+    /// Stops taking new requests; ends once those in flight are answered.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Deadlines of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// From accept until the first request has started.
+    pub first_request: Instant,
+    /// Longest time without a request in flight, after the first.
+    pub keep_alive_idle: Duration,
+}
+
+/// Drives a connection to its end, closing it at its deadlines and
+/// gracefully at shutdown.
+pub async fn drive<C: Graceful>(
+    conn: C,
+    activity: Arc<Activity>,
+    deadlines: Deadlines,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conn = std::pin::pin!(conn);
+    let mut deadline = deadlines.first_request;
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            changed = shutdown.changed(), if !closing => {
+                if changed.is_err() || *shutdown.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if !closing => {
+                if activity.started.load(Ordering::Relaxed) == 0 {
+                    // No request head in time: close without an answer.
+                    return;
+                }
+                if activity.active.load(Ordering::Relaxed) > 0 {
+                    deadline = Instant::now() + deadlines.keep_alive_idle;
+                    continue;
+                }
+                let idle_ms = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
+                let idle = Duration::from_millis(idle_ms);
+                if idle >= deadlines.keep_alive_idle {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    deadline = Instant::now() + (deadlines.keep_alive_idle - idle);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sniffing_tells_h2_from_http1_and_replays_the_bytes() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\n").await.expect("write");
+        let (protocol, bytes) = sniff(&mut server).await.expect("read").expect("bytes");
+        assert_eq!(protocol, Protocol::Http1);
+        assert!(b"GET / HTTP/1.1\r\n".starts_with(&bytes), "{bytes:?}");
+        let mut replayed = Prefixed::new(bytes, server, Duration::from_secs(1));
+        let mut first = [0u8; 16];
+        replayed.read_exact(&mut first).await.expect("read");
+        assert_eq!(&first, b"GET / HTTP/1.1\r\n");
+
+        let (mut client, mut server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, H2_PREFACE).await.expect("write");
+        let (protocol, bytes) = sniff(&mut server).await.expect("read").expect("bytes");
+        assert_eq!(protocol, Protocol::Http2);
+        assert_eq!(bytes.len(), 24);
+
+        let (client, mut server) = tokio::io::duplex(64);
+        drop(client);
+        assert!(sniff(&mut server).await.expect("read").is_none());
+    }
+}
