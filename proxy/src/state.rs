@@ -299,3 +299,38 @@ impl Gateway {
 pub fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(yaml: &str, edit: impl FnOnce(&mut Snapshot)) -> Compiled {
+        let mut inputs = snapshot::Inputs::default();
+        inputs.load_yaml("test.yaml", yaml).expect("the YAML loads");
+        let mut snapshot = snapshot::translate(&inputs).snapshot;
+        edit(&mut snapshot);
+        Compiled::new(Arc::new(snapshot), &Upstreams::default(), &Metrics::default())
+    }
+
+    const DIRECT: &str = "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: mock }\nspec:\n  backend: { directResponse: { status: 200, body: ok } }\n";
+
+    #[test]
+    fn a_direct_answer_with_an_invalid_status_is_not_served_as_200() {
+        let ok = compiled(DIRECT, |_| {});
+        assert!(matches!(ok.routes[0].backend, BackendRuntime::Direct { status: StatusCode::OK, .. }));
+        let bad = compiled(DIRECT, |s| {
+            if let Backend::Direct(d) = &mut s.routes[0].backend {
+                d.status = 1000;
+            }
+        });
+        assert!(matches!(&bad.routes[0].backend, BackendRuntime::Unservable(f) if f.contains("status 1000")));
+        assert_eq!(bad.unservable.len(), 1);
+    }
+
+    #[test]
+    fn routes_needing_unsupported_features_are_unservable() {
+        let yaml = DIRECT.replace("spec:\n", "spec:\n  cache: { ttl: 10s }\n");
+        let compiled = compiled(&yaml, |_| {});
+        assert!(matches!(&compiled.routes[0].backend, BackendRuntime::Unservable(f) if f == "spec.cache"));
+    }
+}
