@@ -24,7 +24,7 @@
 use std::borrow::Cow;
 
 use http::header::{self, HeaderName};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version, request};
 
 use crate::errors::ProxyError;
@@ -47,10 +47,14 @@ pub struct Admitted {
 
 /// Checks and normalises a request head in place; see the module docs.
 pub fn admit(parts: &mut request::Parts) -> Result<Admitted, ProxyError> {
-    check_transfer_encoding(&parts.headers)?;
-    let authority = authority(parts)?;
+    let headers = &parts.headers;
+    // NB: most requests carry neither header; `contains_key` is one probe.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        check_transfer_encoding(headers)?;
+    }
+    let websocket = headers.contains_key(header::UPGRADE) && is_websocket_upgrade(parts.version, headers);
+    let (host, authority) = authority(parts)?;
     let unmerged = normalize_target(parts)?;
-    let websocket = is_websocket_upgrade(parts.version, &parts.headers);
     strip_hop_by_hop(&mut parts.headers, websocket);
     if websocket {
         parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -58,16 +62,6 @@ pub fn admit(parts: &mut request::Parts) -> Result<Admitted, ProxyError> {
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
-    let host = authority.as_ref().map(|a| host_only(a.host())).unwrap_or_default();
-    let authority = match authority {
-        Some(a) => {
-            let value = HeaderValue::from_str(a.as_str())
-                .map_err(|_| ProxyError::BadRequest("the request's authority is not a valid header value".into()))?;
-            parts.headers.insert(header::HOST, value.clone());
-            Some(value)
-        }
-        None => None,
-    };
     Ok(Admitted { host, authority, websocket, unmerged })
 }
 
@@ -81,54 +75,120 @@ fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// The request's one authority, if it has one.
-fn authority(parts: &request::Parts) -> Result<Option<Authority>, ProxyError> {
+/// The request's one authority, if it has one: the host to route by
+/// (lower-case, without port) and the value to send as `Host`, which is
+/// set on the request when it differs from the client's `Host`.
+fn authority(parts: &mut request::Parts) -> Result<(String, Option<HeaderValue>), ProxyError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("the request has more than one Host header".into()));
     }
-    let host = host.map(parse_authority).transpose()?;
-    let target = parts.uri.authority().map(|a| parse_authority_str(a.as_str())).transpose()?;
-    match parts.version {
+    let host = host.map(|h| checked_authority(h.as_bytes()).map(|name| (name, h.clone()))).transpose()?;
+    let target = match parts.uri.authority() {
+        Some(a) => {
+            let value = HeaderValue::from_str(a.as_str()).map_err(|_| invalid_authority())?;
+            Some((checked_authority(value.as_bytes())?, value))
+        }
+        None => None,
+    };
+    let chosen = match parts.version {
         Version::HTTP_2 | Version::HTTP_3 => match (target, host) {
-            (Some(target), Some(host)) if !same_authority(&target, &host) => {
-                Err(ProxyError::BadRequest("the :authority and host of the request differ".into()))
+            (Some(target), Some(host)) if !target.1.as_bytes().eq_ignore_ascii_case(host.1.as_bytes()) => {
+                return Err(ProxyError::BadRequest("the :authority and host of the request differ".into()));
             }
-            (Some(target), _) => Ok(Some(target)),
-            (None, host) => Ok(host),
+            (Some(target), _) => Some((target, true)),
+            (None, host) => host.map(|h| (h, false)),
         },
         version => match (target, host) {
             // Absolute form: the target's authority wins, Host is replaced.
-            (Some(target), _) => Ok(Some(target)),
-            (None, Some(host)) => Ok(Some(host)),
+            (Some(target), _) => Some((target, true)),
+            (None, Some(host)) => Some((host, false)),
             (None, None) if version == Version::HTTP_11 => {
-                Err(ProxyError::BadRequest("an HTTP/1.1 request needs a Host header".into()))
+                return Err(ProxyError::BadRequest("an HTTP/1.1 request needs a Host header".into()));
             }
-            (None, None) => Ok(None),
+            (None, None) => None,
         },
+    };
+    Ok(match chosen {
+        Some(((name, value), replace)) => {
+            if replace {
+                parts.headers.insert(header::HOST, value.clone());
+            }
+            (name, Some(value))
+        }
+        None => (String::new(), None),
+    })
+}
+
+/// The bytes of an RFC 3986 reg-name (unreserved, sub-delims, `%`).
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            );
+        b += 1;
     }
+    table
+};
+
+fn invalid_authority() -> ProxyError {
+    ProxyError::BadRequest("the Host header is not a valid authority".into())
 }
 
-fn parse_authority(value: &HeaderValue) -> Result<Authority, ProxyError> {
-    let text = value.to_str().map_err(|_| ProxyError::BadRequest("the Host header is not a valid authority".into()))?;
-    parse_authority_str(text)
-}
-
-fn parse_authority_str(text: &str) -> Result<Authority, ProxyError> {
-    if text.contains('@') {
+/// Checks an authority (`host[:port]`, RFC 3986 §3.2, without user
+/// information) and returns its host: lower-case, without port, trailing
+/// dot or IPv6 brackets.
+fn checked_authority(bytes: &[u8]) -> Result<String, ProxyError> {
+    if bytes.contains(&b'@') {
         return Err(ProxyError::BadRequest("the request's authority must not carry user information".into()));
     }
-    let authority: Authority =
-        text.parse().map_err(|_| ProxyError::BadRequest("the Host header is not a valid authority".into()))?;
-    if authority.host().is_empty() || authority.as_str().bytes().any(|b| b <= b' ' || b == b'"' || b >= 0x7f) {
-        return Err(ProxyError::BadRequest("the Host header is not a valid authority".into()));
+    let bracketed = bytes.first() == Some(&b'[');
+    let (host, port) = if bracketed {
+        let end = bytes.iter().position(|b| *b == b']').ok_or_else(invalid_authority)?;
+        let literal = &bytes[1..end];
+        if literal.is_empty() || !literal.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')) {
+            return Err(invalid_authority());
+        }
+        let port = match bytes[end + 1..].split_first() {
+            None => None,
+            Some((b':', port)) => Some(port),
+            Some(_) => return Err(invalid_authority()),
+        };
+        (literal, port)
+    } else {
+        match bytes.iter().rposition(|b| *b == b':') {
+            Some(i) => (&bytes[..i], Some(&bytes[i + 1..])),
+            None => (bytes, None),
+        }
+    };
+    if host.is_empty() || (!bracketed && !host.iter().all(|b| REG_NAME[usize::from(*b)])) {
+        return Err(invalid_authority());
     }
-    Ok(authority)
-}
-
-fn same_authority(a: &Authority, b: &Authority) -> bool {
-    a.host().eq_ignore_ascii_case(b.host()) && a.port_u16() == b.port_u16()
+    if port.is_some_and(|p| p.len() > 5 || !p.iter().all(u8::is_ascii_digit)) {
+        return Err(invalid_authority());
+    }
+    let host = std::str::from_utf8(host).map_err(|_| invalid_authority())?;
+    Ok(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// Normalises the request target to origin form with a normalised path;
@@ -341,13 +401,6 @@ pub fn client_ip(peer: std::net::IpAddr, headers: &HeaderMap, trusted: &[ipnet::
         .filter_map(|hop| hop.trim().parse().ok())
         .collect();
     hops.iter().rev().find(|ip| !is_trusted(ip)).or(hops.first()).copied().unwrap_or(peer)
-}
-
-/// A host without port, lower-case, without a trailing dot; IPv6 without
-/// brackets.
-pub fn host_only(host: &str) -> String {
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 #[cfg(test)]

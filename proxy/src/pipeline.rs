@@ -22,7 +22,7 @@ use crate::router::RequestView;
 use crate::stages::Flow;
 use crate::state::{BackendRuntime, Compiled, Gateway, RouteRuntime};
 use crate::tunnel::{self, Tunnel};
-use crate::upstream::{Payload, strip_hop_by_hop};
+use crate::upstream::{Payload, X_REQUEST_ID, strip_hop_by_hop};
 
 /// Bodies up to this size are buffered on routes with retries, so a retry
 /// can send them again.
@@ -149,7 +149,7 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
     ex.route_id = Some(route.id.clone());
     ex.tenant = route.tenant.clone();
     ex.prefix_len = found.prefix_len;
-    if !admitted.websocket || !route.websocket {
+    if admitted.websocket && !route.websocket {
         parts.headers.remove(header::UPGRADE);
     }
     if !route.merge_slashes
@@ -163,7 +163,9 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
         }
         ex.prefix_len = segments.map(|n| ingress::segments_end(unmerged, n));
     }
-    let response = run(gateway, route, ex, parts, body).await;
+    // NB: boxed, so the future hyper stores per request stays small (the
+    // upstream call's state is large and would be copied with it).
+    let response = Box::pin(run(gateway, route, ex, parts, body)).await;
     pending.finish(response)
 }
 
@@ -193,14 +195,13 @@ impl Pending<'_> {
         self.done = true;
         let (mut parts, body) = response.into_parts();
         let ex = &mut self.ex;
-        parts.headers.insert("x-request-id", ex.request_id_value.clone());
+        parts.headers.insert(X_REQUEST_ID, ex.request_id_value.clone());
         let metrics = match (&self.compiled, self.route) {
             (Some(c), Some(i)) => c.routes[i].metrics.clone(),
             (Some(c), None) => c.unrouted.clone(),
             (None, _) => self.gateway.metrics.route(""),
         };
         let record = Record {
-            time: std::time::SystemTime::now() - ex.started.elapsed(),
             request_id: std::mem::take(&mut ex.request_id),
             route: ex.route_id.take(),
             tenant: ex.tenant.take(),
@@ -399,7 +400,7 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 /// The client's `x-request-id` when it is a sane token, else a new one.
 fn request_id(headers: &http::HeaderMap) -> (String, HeaderValue) {
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .and_then(|v| Some((v.to_str().ok()?.to_owned(), v.clone())))
         .unwrap_or_else(new_request_id)
@@ -438,7 +439,7 @@ fn new_request_id() -> (String, HeaderValue) {
         }
         *used += 16;
     });
-    let id = String::from_utf8_lossy(&digits).into_owned();
+    let id = std::str::from_utf8(&digits).unwrap_or_default().to_owned();
     let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"));
     (id, value)
 }

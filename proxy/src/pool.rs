@@ -135,7 +135,9 @@ pub async fn send(
     loop {
         let (mut sender, reused) = match (!upgrade).then(|| checkout(address, idle_timeout)).flatten() {
             Some(sender) => (sender, true),
-            None => (connect(address, connect_timeout, upgrade).await?, false),
+            // NB: boxed: opening a connection is the rare path, and its
+            // state would otherwise be carried (and copied) by every request.
+            None => (Box::pin(connect(address, connect_timeout, upgrade)).await?, false),
         };
         if sender.ready().await.is_err() {
             if reused {

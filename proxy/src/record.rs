@@ -17,7 +17,6 @@ use crate::metrics::RouteMetrics;
 /// What the record stage writes when the response ends.
 #[derive(Debug)]
 pub struct Record {
-    pub time: std::time::SystemTime,
     pub request_id: String,
     pub route: Option<Arc<str>>,
     pub tenant: Option<Arc<str>>,
@@ -53,7 +52,9 @@ impl Record {
         if !calllog::enabled() {
             return;
         }
-        let time = jiff::Timestamp::try_from(self.time).map(|t| t.to_string()).unwrap_or_default();
+        // When the request arrived: now, less how long it took.
+        let arrived = std::time::SystemTime::now() - elapsed;
+        let time = jiff::Timestamp::try_from(arrived).map(|t| t.to_string()).unwrap_or_default();
         calllog::write(&CallLine {
             kind: None,
             time,

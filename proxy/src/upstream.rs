@@ -489,7 +489,7 @@ impl UpstreamSet {
             let sent = Instant::now();
             let outcome = if group.tls || h2c {
                 let client = if h2c { &self.h2c } else { &self.client };
-                tokio::time::timeout(per_try, client.request(request))
+                tokio::time::timeout(per_try, Box::pin(client.request(request)))
                     .await
                     .map(|r| r.map(|response| (response, None)).map_err(|e| classify(&e)))
             } else {
@@ -655,24 +655,23 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// Sets `X-Forwarded-For/Proto/Host`, `X-Real-IP`, `Via` and
-/// `x-request-id`. From an untrusted peer, `X-Forwarded-For` is replaced by
-/// the peer's address and `Forwarded` is dropped; a trusted proxy's are
-/// extended with it.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// `x-request-id`, kept or made by the gateway.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Sets `X-Forwarded-For/Proto/Host`, `Via` and `x-request-id`. From an
+/// untrusted peer, `X-Forwarded-For` is replaced by the peer's address and
+/// `Forwarded` and `X-Real-IP` are dropped; a trusted proxy's chain is
+/// extended with it, and `X-Real-IP` names the client found in it.
 pub fn forwarding_headers(ex: &Exchange, version: Version, headers: &mut http::HeaderMap) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let peer = ex.client.ip();
-    // NB: from an untrusted peer the client is the peer, whose address is
-    // made once per connection.
-    let value = if ex.peer_trusted {
-        let prior: Vec<&str> = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
-        let chain = if prior.is_empty() { peer.to_string() } else { format!("{}, {peer}", prior.join(", ")) };
-        HeaderValue::from_str(&chain).unwrap_or_else(|_| ex.client_ip.clone())
-    } else {
-        ex.client_ip.clone()
-    };
-    headers.insert(xff, value);
     if ex.peer_trusted {
+        let peer = ex.client.ip();
+        let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+        let chain = if prior.is_empty() { peer.to_string() } else { format!("{}, {peer}", prior.join(", ")) };
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&chain).unwrap_or_else(|_| ex.client_ip.clone()));
         let element = match peer {
             std::net::IpAddr::V4(ip) => format!("for={ip}"),
             std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
@@ -680,13 +679,16 @@ pub fn forwarding_headers(ex: &Exchange, version: Version, headers: &mut http::H
         if let Ok(value) = HeaderValue::from_str(&element) {
             headers.append(header::FORWARDED, value);
         }
+        headers.insert(X_REAL_IP, ex.client_ip.clone());
     } else {
+        // NB: the client is the peer, whose address is made once per connection.
+        headers.insert(X_FORWARDED_FOR, ex.client_ip.clone());
         headers.remove(header::FORWARDED);
+        headers.remove(X_REAL_IP);
     }
-    headers.insert(HeaderName::from_static("x-real-ip"), ex.client_ip.clone());
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(ex.scheme));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(ex.scheme));
     if let Some(authority) = &ex.authority {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), authority.clone());
+        headers.insert(X_FORWARDED_HOST, authority.clone());
     }
     let via = match version {
         Version::HTTP_2 => "2 sluice",
@@ -694,7 +696,7 @@ pub fn forwarding_headers(ex: &Exchange, version: Version, headers: &mut http::H
         _ => "1.1 sluice",
     };
     headers.append(header::VIA, HeaderValue::from_static(via));
-    headers.insert(HeaderName::from_static("x-request-id"), ex.request_id_value.clone());
+    headers.insert(X_REQUEST_ID, ex.request_id_value.clone());
 }
 
 /// Whether a route retrying on `on` retries an upstream answer of `status`.
