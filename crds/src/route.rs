@@ -421,6 +421,54 @@ pub struct ServiceBackend {
     #[serde(default = "default_weight")]
     #[schemars(range(max = 1000000))]
     pub weight: u32,
+    /// TLS from the gateway to the Service's endpoints. Without it, TLS is
+    /// used (with these defaults) when the Service port's `appProtocol` is
+    /// `https`; `kubernetes.io/h2c` makes the gateway speak cleartext HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
+}
+
+/// TLS from the gateway to a backend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTls {
+    /// The name sent in SNI and verified in the endpoints' certificate.
+    /// Defaults to `NAME.NAMESPACE.svc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub sni: Option<String>,
+    /// The CA bundle (PEM) that signs the endpoints' certificates: one key
+    /// of a Secret or of a ConfigMap in the route's namespace. Defaults to
+    /// the public web roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaBundleRef>,
+    /// A Secret of type `kubernetes.io/tls` in the route's namespace whose
+    /// certificate the gateway presents to the endpoints (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_certificate_secret: Option<String>,
+}
+
+/// Where a CA bundle is: exactly one of `secretName` and `configMapName`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleRef {
+    /// A Secret in the route's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// A ConfigMap in the route's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map_name: Option<String>,
+    /// The key holding the PEM bundle.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_owned()
 }
 
 /// An upstream reached by URL.

@@ -95,11 +95,41 @@ pub fn idle_connections() -> usize {
     IDLE.with(|idle| idle.borrow().values().map(Vec::len).sum())
 }
 
+/// TLS to an upstream addressed by IP (a Service endpoint): the client
+/// config (CA, client certificate) and the name to send and verify.
+#[derive(Clone)]
+pub struct TlsTarget {
+    /// The connector.
+    pub connector: tokio_rustls::TlsConnector,
+    /// The server name.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTarget").field("server_name", &self.server_name).finish_non_exhaustive()
+    }
+}
+
+/// Where one pooled connection goes: the pool key (the address, plus the
+/// TLS identity for TLS targets, so connections made with one client
+/// certificate or CA are never reused for another), the address, and TLS.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The pool key.
+    pub key: Arc<str>,
+    /// `host:port` to connect to.
+    pub address: Arc<str>,
+    /// TLS, if the upstream speaks it.
+    pub tls: Option<TlsTarget>,
+}
+
 async fn connect(
-    address: &str,
+    target: &Target,
     connect_timeout: Duration,
     upgrades: bool,
 ) -> Result<SendRequest<RequestBody>, SendError> {
+    let address = &*target.address;
     let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(SendError::Connect(format!("tcp connect error: {e}"))),
@@ -108,8 +138,24 @@ async fn connect(
         }
     };
     let _ = stream.set_nodelay(true);
+    let Some(tls) = &target.tls else { return handshake(stream, upgrades).await };
+    let tls_stream =
+        match tokio::time::timeout(connect_timeout, tls.connector.connect(tls.server_name.clone(), stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(SendError::Connect(format!("TLS handshake with {address} failed: {e}"))),
+            Err(_) => return Err(SendError::Connect(format!("TLS handshake with {address} timed out"))),
+        };
+    handshake(tls_stream, upgrades).await
+}
+
+/// Starts HTTP/1.1 on a connected stream; its connection task runs on this
+/// worker's runtime.
+async fn handshake<I>(io: I, upgrades: bool) -> Result<SendRequest<RequestBody>, SendError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, connection) =
-        http1::Builder::new().writev(false).handshake(TokioIo::new(stream)).await.map_err(SendError::Http)?;
+        http1::Builder::new().writev(false).handshake(TokioIo::new(io)).await.map_err(SendError::Http)?;
     if upgrades {
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
@@ -122,9 +168,9 @@ async fn connect(
     Ok(sender)
 }
 
-/// Sends a request to `address` over a pooled connection.
+/// Sends a request to `target` over a pooled connection.
 pub async fn send(
-    address: &Arc<str>,
+    target: &Target,
     connect_timeout: Duration,
     idle_timeout: Duration,
     request: Request<RequestBody>,
@@ -133,11 +179,11 @@ pub async fn send(
     let upgrade = request.headers().contains_key(http::header::UPGRADE);
     let mut request = request;
     loop {
-        let (mut sender, reused) = match (!upgrade).then(|| checkout(address, idle_timeout)).flatten() {
+        let (mut sender, reused) = match (!upgrade).then(|| checkout(&target.key, idle_timeout)).flatten() {
             Some(sender) => (sender, true),
             // NB: boxed: opening a connection is the rare path, and its
             // state would otherwise be carried (and copied) by every request.
-            None => (Box::pin(connect(address, connect_timeout, upgrade)).await?, false),
+            None => (Box::pin(connect(target, connect_timeout, upgrade)).await?, false),
         };
         if sender.ready().await.is_err() {
             if reused {
@@ -146,7 +192,9 @@ pub async fn send(
             return Err(SendError::Connect("the new connection closed before the request".into()));
         }
         match sender.try_send_request(request).await {
-            Ok(response) => return Ok((response, Checkin { sender, address: address.clone(), idle_timeout })),
+            Ok(response) => {
+                return Ok((response, Checkin { sender, address: target.key.clone(), idle_timeout }));
+            }
             Err(mut err) => match err.take_message() {
                 // Never written: safe to send again, on a fresh connection.
                 Some(unsent) if reused => request = unsent,

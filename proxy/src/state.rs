@@ -123,37 +123,24 @@ impl Compiled {
     /// Compiles a snapshot, reusing the pools and endpoint states in
     /// `upstreams`.
     pub fn new(snapshot: Arc<Snapshot>, upstreams: &Upstreams, metrics: &Metrics) -> Compiled {
-        let routes: Vec<RouteRuntime> =
-            snapshot
-                .routes
-                .iter()
-                .map(|route| {
-                    let missing = unsupported(&snapshot, route);
-                    let backend =
-                        if !missing.is_empty() {
-                            BackendRuntime::Unservable(missing)
-                        } else {
-                            match &route.backend {
-                                Backend::Direct(d) => direct(d),
-                                Backend::Upstreams { groups } => BackendRuntime::Upstreams(Box::new(
-                                    upstreams.compile(groups, &route.traffic, &route.id, metrics),
-                                )),
-                                Backend::Ai(_) => BackendRuntime::Unservable(Feature::AiBackend.field().to_owned()),
-                            }
-                        };
-                    RouteRuntime {
-                        id: Arc::from(route.id.as_str()),
-                        tenant: route.tenant.as_deref().map(Arc::from),
-                        stages: stages::compile(route),
-                        backend,
-                        retries: route.traffic.retries.as_ref().is_some_and(|r| r.attempts > 0),
-                        websocket: route.websocket,
-                        tunnel_idle: std::time::Duration::from_millis(route.traffic.idle_timeout_ms),
-                        merge_slashes: route.merge_slashes,
-                        metrics: metrics.route(&route.id),
-                    }
-                })
-                .collect();
+        let routes: Vec<RouteRuntime> = snapshot
+            .routes
+            .iter()
+            .map(|route| {
+                let backend = compile_backend(&snapshot, route, upstreams, metrics);
+                RouteRuntime {
+                    id: Arc::from(route.id.as_str()),
+                    tenant: route.tenant.as_deref().map(Arc::from),
+                    stages: stages::compile(route),
+                    backend,
+                    retries: route.traffic.retries.as_ref().is_some_and(|r| r.attempts > 0),
+                    websocket: route.websocket,
+                    tunnel_idle: std::time::Duration::from_millis(route.traffic.idle_timeout_ms),
+                    merge_slashes: route.merge_slashes,
+                    metrics: metrics.route(&route.id),
+                }
+            })
+            .collect();
         let unservable = routes
             .iter()
             .zip(&snapshot.routes)
@@ -172,6 +159,30 @@ impl Compiled {
             unservable,
             snapshot,
         }
+    }
+}
+
+/// How a route is answered: its backend, or 503 when the route needs what
+/// this proxy cannot enforce (fail closed).
+fn compile_backend(
+    snapshot: &Snapshot,
+    route: &snapshot::Route,
+    upstreams: &Upstreams,
+    metrics: &Metrics,
+) -> BackendRuntime {
+    let missing = unsupported(snapshot, route);
+    if !missing.is_empty() {
+        return BackendRuntime::Unservable(missing);
+    }
+    match &route.backend {
+        Backend::Direct(d) => direct(d),
+        Backend::Upstreams { groups } => match upstreams.compile(groups, &route.traffic, &route.id, metrics) {
+            Ok(set) => BackendRuntime::Upstreams(Box::new(set)),
+            // NB: translate checks the PEM shapes; what it cannot check (a
+            // key rustls refuses) fails closed here.
+            Err(e) => BackendRuntime::Unservable(format!("backend TLS ({e})")),
+        },
+        Backend::Ai(_) => BackendRuntime::Unservable(Feature::AiBackend.field().to_owned()),
     }
 }
 

@@ -117,20 +117,40 @@ impl Upstreams {
         traffic: &TrafficPolicy,
         route: &str,
         metrics: &crate::metrics::Metrics,
-    ) -> UpstreamSet {
-        let groups: Vec<Group> = groups
-            .iter()
-            .map(|g| Group {
+    ) -> Result<UpstreamSet, String> {
+        let mut compiled = Vec::with_capacity(groups.len());
+        for g in groups {
+            let tls = g.tls_options.as_ref().map(tls_target).transpose().map_err(|e| format!("{}: {e}", g.name))?;
+            let endpoints: Vec<Arc<EndpointState>> = g.endpoints.iter().map(|e| self.endpoint(route, e)).collect();
+            let targets = endpoints
+                .iter()
+                .map(|e| pool::Target {
+                    key: match &tls {
+                        // NB: the TLS identity is part of the key: a connection
+                        // made with one CA or client certificate is never
+                        // reused for another.
+                        Some((_, id)) => Arc::from(format!("{}|tls|{id:016x}", e.address)),
+                        None => e.address.clone(),
+                    },
+                    address: e.address.clone(),
+                    tls: tls.as_ref().map(|(t, _)| t.clone()),
+                })
+                .collect();
+            compiled.push(Group {
                 metrics: metrics.upstream(route, &g.name),
                 name: Arc::from(g.name.as_str()),
                 weight: g.weight,
                 tls: g.tls,
+                shared_client: g.tls && tls.is_none(),
+                h2c: g.h2c,
                 host: g.host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
                 path_prefix: g.path_prefix.clone(),
-                endpoints: g.endpoints.iter().map(|e| self.endpoint(route, e)).collect(),
-            })
-            .collect();
-        UpstreamSet {
+                endpoints,
+                targets,
+            });
+        }
+        let groups = compiled;
+        Ok(UpstreamSet {
             total_weight: groups.iter().map(|g| u64::from(g.weight)).sum(),
             weights: groups.iter().map(|g| g.weight).collect(),
             connect_timeout: Duration::from_millis(traffic.connect_timeout_ms),
@@ -144,8 +164,50 @@ impl Upstreams {
             state: self.route(route),
             client: self.client(traffic.connect_timeout_ms, traffic.idle_timeout_ms, false),
             h2c: self.client(traffic.connect_timeout_ms, traffic.idle_timeout_ms, true),
-        }
+        })
     }
+}
+
+/// The TLS client of a Service backend: its CA (or the public web roots),
+/// its client certificate, HTTP/1.1 by ALPN; and an id of that identity.
+fn tls_target(options: &snapshot::UpstreamTls) -> Result<(pool::TlsTarget, u64), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    match &options.ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| format!("the CA bundle is not PEM: {e}"))?;
+                roots.add(cert).map_err(|e| format!("the CA bundle holds an unusable certificate: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("the CA bundle holds no certificate".into());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match (&options.client_cert_pem, &options.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the client certificate is not PEM: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
+                .map_err(|e| format!("the client key is not PEM: {e}"))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| format!("the client certificate is unusable: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server_name = ServerName::try_from(options.server_name.clone())
+        .map_err(|_| format!("{:?} is not a server name", options.server_name))?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&(&options.server_name, &options.ca_pem, &options.client_cert_pem), &mut hasher);
+    let id = std::hash::Hasher::finish(&hasher);
+    Ok((pool::TlsTarget { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), server_name }, id))
 }
 
 fn build_client(connect_ms: u64, idle_ms: u64, h2c: bool) -> HttpClient {
@@ -254,9 +316,15 @@ struct Group {
     name: Arc<str>,
     weight: u32,
     tls: bool,
+    /// TLS by URL: the shared hyper-util client (host name, web roots).
+    shared_client: bool,
+    /// Cleartext HTTP/2 (`appProtocol: kubernetes.io/h2c`).
+    h2c: bool,
     host: Option<HeaderValue>,
     path_prefix: String,
     endpoints: Vec<Arc<EndpointState>>,
+    /// Pool targets, aligned with `endpoints`.
+    targets: Vec<pool::Target>,
 }
 
 /// One route's upstreams and traffic policy.
@@ -451,7 +519,7 @@ impl UpstreamSet {
         let resend_safe = self.retries.as_ref().is_some_and(|r| r.non_idempotent)
             || (is_idempotent(&parts.method) && matches!(payload, Payload::Empty));
         let hash = self.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| balance::fnv1a(v.as_bytes()));
-        let h2c = parts.version == Version::HTTP_2 && !group.tls && is_grpc(&parts.headers);
+        let h2c = group.h2c || (parts.version == Version::HTTP_2 && !group.tls && is_grpc(&parts.headers));
         let mut tried: Vec<usize> = Vec::new();
         let mut try_number = 0;
         loop {
@@ -487,7 +555,7 @@ impl UpstreamSet {
                 .map_or(remaining, |t| t.min(remaining));
             let in_flight = InFlight::new(endpoint);
             let sent = Instant::now();
-            let outcome = if group.tls || h2c {
+            let outcome = if group.shared_client || h2c {
                 let client = if h2c { &self.h2c } else { &self.client };
                 tokio::time::timeout(per_try, Box::pin(client.request(request)))
                     .await
@@ -495,7 +563,7 @@ impl UpstreamSet {
             } else {
                 tokio::time::timeout(
                     per_try,
-                    pool::send(&endpoint.address, self.connect_timeout, self.idle_timeout, request),
+                    pool::send(&group.targets[index], self.connect_timeout, self.idle_timeout, request),
                 )
                 .await
                 .map(|r| r.map(|(response, checkin)| (response, Some(checkin))).map_err(|e| classify_pooled(&e)))
@@ -611,7 +679,7 @@ impl UpstreamSet {
         let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         // The pooled HTTP/1.1 path connects by address and sends the
         // origin form; the shared client needs the absolute form to connect.
-        let uri: Result<Uri, _> = if group.tls || h2c {
+        let uri: Result<Uri, _> = if group.shared_client || h2c {
             format!("{scheme}://{}{}{}", endpoint.address, group.path_prefix, path_and_query).parse()
         } else if group.path_prefix.is_empty() {
             Ok(parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone())))

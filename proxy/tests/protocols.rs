@@ -1189,3 +1189,133 @@ async fn silent_connections_are_closed_at_the_header_deadline() {
 /// A stream the deadline test reads from.
 trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncReadWrite for T {}
+
+/// A TLS upstream answering `tls ok`, with `leaf`'s certificate; it asks
+/// for a client certificate signed by `pki` when `mutual`.
+async fn tls_upstream(pki: &Pki, leaf: &Leaf, mutual: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = if mutual {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca.der().clone()).expect("CA");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .expect("client verifier");
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
+    let config = builder.with_single_cert(vec![leaf.der.clone()], key).expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let service = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"tls ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A Service `name` on port 443 with `appProtocol`, its endpoint at `addr`.
+fn service_on(name: &str, app_protocol: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{ name: {name} }}\nspec: {{ ports: [{{ name: web, port: 443, appProtocol: \"{app_protocol}\" }}] }}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{ name: {name}-0, labels: {{ kubernetes.io/service-name: {name} }} }}\naddressType: IPv4\nports: [{{ name: web, port: {} }}]\nendpoints: [{{ addresses: [\"127.0.0.1\"] }}]\n---\n",
+        addr.port()
+    )
+}
+
+/// An ApiRoute on `path` to Service `service` port 443 with `tls` (YAML
+/// flow mapping, or empty).
+fn service_route(name: &str, path: &str, service: &str, tls: &str) -> String {
+    let tls = if tls.is_empty() { String::new() } else { format!(", tls: {tls}") };
+    format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{ name: {name} }}\nspec:\n  matches: [{{ path: {{ type: PathPrefix, value: {path} }} }}]\n  backend: {{ services: [{{ name: {service}, port: 443{tls} }}] }}\n---\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_backends_speak_tls_with_their_own_ca_sni_and_client_certificate() {
+    within(async {
+        let pki = Pki::new();
+        let server = pki.leaf("web.default.svc");
+        let client = pki.leaf("gateway.sluice.test");
+        let (mutual, _m) = tls_upstream(&pki, &server, true).await;
+        let (plain, _p) = tls_upstream(&pki, &server, false).await;
+        let ca = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{ name: web-ca }}\nstringData:\n  ca.crt: |\n{}---\n",
+            indent(&pki.ca.pem())
+        );
+        let yaml = [
+            ca,
+            tls_secret("gateway-client", &client),
+            service_on("web", "https", mutual),
+            service_on("open", "https", plain),
+            service_route(
+                "mtls",
+                "/mtls",
+                "web",
+                "{ ca: { secretName: web-ca }, clientCertificateSecret: gateway-client }",
+            ),
+            service_route("no-client", "/no-client", "web", "{ ca: { secretName: web-ca } }"),
+            service_route("by-app-protocol", "/open", "open", ""),
+            service_route("sni", "/sni", "open", "{ sni: web.default.svc, ca: { secretName: web-ca } }"),
+            service_route("wrong-sni", "/wrong-sni", "open", "{ sni: other.default.svc, ca: { secretName: web-ca } }"),
+        ]
+        .concat();
+        let proxy = Proxy::start(&yaml);
+        assert_clean(&proxy);
+        let answer = support::get(&proxy.url("/mtls")).await;
+        assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "tls ok"));
+        assert_eq!(support::get(&proxy.url("/no-client")).await.status, 502, "the upstream wants a client certificate");
+        // appProtocol: https alone: TLS with the public web roots, which do
+        // not sign the test CA's certificate.
+        assert_eq!(support::get(&proxy.url("/open")).await.status, 502);
+        // The name verified defaults to NAME.NAMESPACE.svc and can be set.
+        let answer = support::get(&proxy.url("/sni")).await;
+        assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "tls ok"));
+        assert_eq!(support::get(&proxy.url("/wrong-sni")).await.status, 502);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_app_protocol_is_spoken_as_cleartext_http2() {
+    within(async {
+        // An upstream that speaks HTTP/2 only.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let service = service_fn(|req: Request<Incoming>| async move {
+                        let body = format!("{:?}", req.version());
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let yaml = [service_on("grpc", "kubernetes.io/h2c", addr), service_route("h2c", "/", "grpc", "")].concat();
+        let proxy = Proxy::start(&yaml);
+        let answer = support::get(&proxy.url("/x")).await;
+        assert_eq!((answer.status.as_u16(), answer.text().as_str()), (200, "HTTP/2.0"));
+    })
+    .await;
+}

@@ -272,6 +272,30 @@ pub struct UpstreamGroup {
     /// and ExternalName Services (resolved by the proxy). May be empty:
     /// the proxy then answers 503.
     pub endpoints: Vec<String>,
+    /// How to verify and present TLS to endpoints addressed by IP (Service
+    /// backends); URLs use their host name and the public web roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_options: Option<UpstreamTls>,
+    /// Cleartext HTTP/2 (`appProtocol: kubernetes.io/h2c`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub h2c: bool,
+}
+
+/// TLS settings for a Service backend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTls {
+    /// Sent in SNI and verified in the certificate.
+    pub server_name: String,
+    /// PEM CA bundle; the public web roots when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// PEM client certificate chain, for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_pem: Option<String>,
+    /// PEM client key, for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_pem: Option<SecretString>,
 }
 
 /// An AI route: targets by weight, then fallbacks in order.

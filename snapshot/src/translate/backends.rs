@@ -2,12 +2,13 @@
 
 use std::collections::BTreeSet;
 
-use crds::{AiBackend, ServiceBackend, UrlBackend};
+use crds::{AiBackend, BackendTls, ServiceBackend, UrlBackend};
 use k8s_openapi::api::core::v1::ServicePort;
 
-use super::index::Index;
+use super::index::{Index, secret_value};
 use super::providers::{Providers, check_url};
-use crate::model::{AiRoute, AiTarget, UpstreamGroup};
+use super::routes::tls_secret;
+use crate::model::{AiRoute, AiTarget, UpstreamGroup, UpstreamTls};
 use crate::status::{Rejection, reason};
 
 /// How a Service port is named by the referrer.
@@ -25,6 +26,7 @@ pub fn service_port(
     name: &str,
     port: PortRef<'_>,
     weight: u32,
+    backend_tls: Option<&BackendTls>,
     field: &str,
 ) -> Result<UpstreamGroup, Rejection> {
     let service = index.service(namespace, name).ok_or_else(|| {
@@ -62,6 +64,8 @@ pub fn service_port(
             host: Some(external.clone()),
             path_prefix: String::new(),
             endpoints: vec![format!("{external}:{number}")],
+            tls_options: None,
+            h2c: false,
         });
     }
     let service_port = found.ok_or_else(|| {
@@ -96,14 +100,76 @@ pub fn service_port(
         }
     }
     let app_protocol = service_port.app_protocol.as_deref().unwrap_or("");
+    let tls = backend_tls.is_some() || app_protocol == "https" || app_protocol == "kubernetes.io/wss";
+    let tls_options = match tls {
+        true => Some(upstream_tls(index, namespace, name, backend_tls.unwrap_or(&BackendTls::default()), field)?),
+        false => None,
+    };
     Ok(UpstreamGroup {
         name: format!("service:{namespace}/{name}:{}", service_port.port),
         weight,
-        tls: app_protocol == "https" || app_protocol == "kubernetes.io/wss",
+        tls,
         host: None,
         path_prefix: String::new(),
         endpoints: endpoints.into_iter().collect(),
+        tls_options,
+        h2c: !tls && app_protocol == "kubernetes.io/h2c",
     })
+}
+
+/// Resolves a Service backend's TLS settings: the server name, the CA
+/// bundle and the client certificate, from the route's namespace.
+fn upstream_tls(
+    index: &Index<'_>,
+    namespace: &str,
+    service: &str,
+    tls: &BackendTls,
+    field: &str,
+) -> Result<UpstreamTls, Rejection> {
+    let server_name = tls.sni.clone().unwrap_or_else(|| format!("{service}.{namespace}.svc"));
+    let ca_pem = match &tls.ca {
+        None => None,
+        Some(ca) => {
+            let (value, what) = match (&ca.secret_name, &ca.config_map_name) {
+                (Some(secret), None) => (
+                    index.secret(namespace, secret).and_then(|s| secret_value(s, &ca.key)),
+                    format!("Secret {namespace}/{secret}"),
+                ),
+                (None, Some(map)) => (
+                    index.config_map(namespace, map).and_then(|m| m.data.as_ref()?.get(&ca.key).cloned()),
+                    format!("ConfigMap {namespace}/{map}"),
+                ),
+                _ => {
+                    return Err(Rejection::invalid(
+                        reason::INVALID_BACKEND,
+                        format!("{field}.tls.ca must name exactly one of secretName and configMapName."),
+                    ));
+                }
+            };
+            let pem = value.ok_or_else(|| {
+                Rejection::unresolved(
+                    reason::SECRET_NOT_FOUND,
+                    format!("{field}.tls.ca: {what} does not exist or has no key {}.", ca.key),
+                )
+            })?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(Rejection::unresolved(
+                    reason::INVALID_CERTIFICATE,
+                    format!("{field}.tls.ca: {what} key {} is not a PEM certificate bundle.", ca.key),
+                ));
+            }
+            Some(pem)
+        }
+    };
+    let (client_cert_pem, client_key_pem) = match &tls.client_certificate_secret {
+        None => (None, None),
+        Some(secret) => {
+            let cert =
+                tls_secret(index, namespace, secret, Vec::new(), &format!("{field}.tls.clientCertificateSecret"))?;
+            (Some(cert.cert_pem), Some(cert.key_pem))
+        }
+    };
+    Ok(UpstreamTls { server_name, ca_pem, client_cert_pem, client_key_pem })
 }
 
 pub fn services(
@@ -121,6 +187,7 @@ pub fn services(
                 &b.name,
                 PortRef::Number(i32::from(b.port)),
                 b.weight,
+                b.tls.as_ref(),
                 &format!("spec.backend.services[{i}]"),
             )
         })
@@ -150,6 +217,8 @@ pub fn urls(backends: &[UrlBackend]) -> Result<Vec<UpstreamGroup>, Rejection> {
                 }),
                 path_prefix: uri.path().trim_end_matches('/').to_owned(),
                 endpoints: vec![endpoint],
+                tls_options: None,
+                h2c: false,
             })
         })
         .collect()

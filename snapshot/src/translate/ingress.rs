@@ -158,7 +158,7 @@ fn compile_backend(
         },
         None => return Err(Rejection::invalid(reason::INVALID_BACKEND, format!("{field}.service.port is required."))),
     };
-    let group = backends::service_port(index, namespace, &service.name, port, 1, &format!("{field}.service"))?;
+    let group = backends::service_port(index, namespace, &service.name, port, 1, None, &format!("{field}.service"))?;
     Ok(Backend::Upstreams { groups: vec![group] })
 }
 
