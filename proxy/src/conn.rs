@@ -93,6 +93,48 @@ pub async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Option<(
     Ok(Some((Protocol::Http2, buf)))
 }
 
+/// The PROXY protocol v2 signature.
+const PROXY_V2: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Reads a PROXY protocol v2 header (as load balancers such as AWS NLB or
+/// HAProxy send before the client's bytes) and returns the client address
+/// it carries; `None` for a `LOCAL` header (health checks) or an address
+/// family other than TCP over IPv4 or IPv6. Anything else is an error: a
+/// listener that expects the header never guesses.
+pub async fn read_proxy_header<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Option<std::net::SocketAddr>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("PROXY protocol: {what}"));
+    let mut head = [0u8; 16];
+    io.read_exact(&mut head).await?;
+    if &head[..12] != PROXY_V2 {
+        return Err(bad("no v2 signature"));
+    }
+    let (version, command) = (head[12] >> 4, head[12] & 0x0f);
+    if version != 2 || command > 1 {
+        return Err(bad("not version 2 PROXY or LOCAL"));
+    }
+    let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+    let mut rest = vec![0u8; len];
+    io.read_exact(&mut rest).await?;
+    if command == 0 {
+        return Ok(None);
+    }
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    match head[13] {
+        0x11 if len >= 12 => {
+            let ip = Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]);
+            Ok(Some(SocketAddr::new(IpAddr::V4(ip), port(&rest[8..10]))))
+        }
+        0x21 if len >= 36 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&rest[..16]);
+            Ok(Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), port(&rest[32..34]))))
+        }
+        0x11 | 0x21 => Err(bad("address block too short")),
+        _ => Ok(None),
+    }
+}
+
 /// Ends an HTTP/2 connection whose preface was wrong: an empty SETTINGS
 /// frame, then GOAWAY with PROTOCOL_ERROR (RFC 9113 §3.4, §6.8).
 pub async fn refuse_h2<I: AsyncWrite + Unpin>(io: &mut I) {
@@ -277,6 +319,23 @@ pub async fn drive<C: Graceful>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn proxy_protocol_v2_headers_give_the_client_address() {
+        let mut header = PROXY_V2.to_vec();
+        header.extend_from_slice(&[0x21, 0x11, 0, 12, 203, 0, 113, 7, 10, 0, 0, 1, 0x15, 0xb3, 0, 80]);
+        header.extend_from_slice(b"GET /");
+        let mut io = &header[..];
+        let client = read_proxy_header(&mut io).await.expect("a valid header");
+        assert_eq!(client, Some("203.0.113.7:5555".parse().expect("addr")));
+        assert_eq!(io, b"GET /");
+        // LOCAL: no address.
+        let mut local = PROXY_V2.to_vec();
+        local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        assert_eq!(read_proxy_header(&mut &local[..]).await.expect("valid"), None);
+        // No signature: an error, never a guess.
+        assert!(read_proxy_header(&mut &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..]).await.is_err());
+    }
 
     #[tokio::test]
     async fn sniffing_tells_h2_from_http1_and_replays_the_bytes() {

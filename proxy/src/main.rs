@@ -34,6 +34,7 @@ OPTIONS:
     --max-connections N        client connections per worker; more get 503 (default 16384)
     --tls-default-host HOST    certificate for TLS clients without SNI (default: refuse them)
     --trusted-proxies CIDRS    comma-separated peers whose X-Forwarded-For is believed (default: none)
+    --proxy-protocol           every traffic connection starts with a PROXY protocol v2 header
     --shutdown-grace MS        time in-flight requests get at SIGTERM, ms (default 30000)
     --call-log on|off          one JSON line per request on stdout (default on)
     -h, --help                 this text
@@ -90,6 +91,7 @@ fn parse_args() -> Result<Args, String> {
                 limits.max_connections = number("--max-connections", value("--max-connections")?)?.max(1) as usize
             }
             "--tls-default-host" => tls_default_host = Some(value("--tls-default-host")?),
+            "--proxy-protocol" => limits.proxy_protocol = true,
             "--trusted-proxies" => {
                 for cidr in value("--trusted-proxies")?.split(',').map(str::trim).filter(|c| !c.is_empty()) {
                     let net = cidr

@@ -298,6 +298,14 @@ async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let first_request = tokio::time::Instant::now() + Duration::from_millis(gateway.limits.header_read_timeout_ms);
+    let client = match gateway.limits.proxy_protocol {
+        false => client,
+        true => match tokio::time::timeout_at(first_request, conn::read_proxy_header(&mut stream)).await {
+            Ok(Ok(Some(original))) => original,
+            Ok(Ok(None)) => client,
+            _ => return,
+        },
+    };
     let Some(TlsListener { acceptor, default_host }) = tls else {
         let Ok(Ok(Some((protocol, prefix)))) = tokio::time::timeout_at(first_request, conn::sniff(&mut stream)).await
         else {

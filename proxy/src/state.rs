@@ -40,6 +40,10 @@ pub struct Limits {
     /// (load balancers in front of the gateway). From anyone else they are
     /// replaced.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Whether every traffic connection starts with a PROXY protocol v2
+    /// header (from a load balancer), whose client address then stands for
+    /// the peer's.
+    pub proxy_protocol: bool,
 }
 
 impl Default for Limits {
@@ -53,6 +57,7 @@ impl Default for Limits {
             keep_alive_timeout_ms: 75_000,
             max_connections: 16_384,
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }

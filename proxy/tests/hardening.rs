@@ -672,3 +672,23 @@ async fn cors_preflight_reaches_a_route_restricted_to_other_methods() {
     assert_eq!(answer.status(), 404, "{answer:?}");
     drop(upstream);
 }
+
+#[tokio::test]
+async fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::named("up").await;
+    let limits = sluice_proxy::Limits { proxy_protocol: true, ..Default::default() };
+    let proxy = Proxy::start_with(&route("any", "/", &[&upstream.url()], ""), limits, false);
+    let mut tcp = tokio::net::TcpStream::connect(proxy.http).await.expect("connect");
+    let mut request = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    request.extend_from_slice(&[0x21, 0x11, 0, 12, 203, 0, 113, 7, 127, 0, 0, 1, 0x15, 0xb3, 0, 80]);
+    request.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n");
+    tcp.write_all(&request).await.expect("write");
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.expect("read");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(upstream.last().headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()), Some("203.0.113.7"));
+    // Without the header, the connection is closed unanswered.
+    let answer = raw(&proxy, "GET /x HTTP/1.1\r\nHost: gw.test").await;
+    assert_eq!(answer.status(), 0, "{answer:?}");
+}
