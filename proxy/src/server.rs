@@ -362,7 +362,11 @@ async fn serve_http<I>(
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .max_buf_size(limits.max_header_bytes.max(8192))
-                .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+                // NB: no hyper header_read_timeout: it also runs while a
+                // keep-alive connection waits for its next request, which
+                // would close idle connections at the header deadline. The
+                // first head's deadline and the idle timeout are `drive`'s.
+                .header_read_timeout(None)
                 .writev(false)
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();

@@ -966,7 +966,8 @@ async fn graceful_shutdown_with_grpc_requests_in_flight_on_many_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_idle_and_slow_clients_are_cut_off_after_the_header_read_timeout() {
     within(async {
-        let limits = Limits { header_read_timeout_ms: 300, ..Limits::default() };
+        // (Idle keep-alive connections follow their own timeout, set short here.)
+        let limits = Limits { header_read_timeout_ms: 300, keep_alive_timeout_ms: 300, ..Limits::default() };
         let direct = "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: ok }\nspec:\n  backend: { directResponse: { status: 200, body: ok } }\n";
         let proxy = Proxy::start_with(direct, limits, false);
         let closed_within = |mut stream: TcpStream| async move {
@@ -1145,7 +1146,7 @@ async fn silent_connections_are_closed_at_the_header_deadline() {
         let alpha = pki.leaf(ALPHA);
         let upstream = Upstream::named("alpha").await;
         let yaml = [tls_secret("alpha-tls", &alpha), tls_route("alpha", ALPHA, "alpha-tls", &upstream.url())].concat();
-        let limits = Limits { header_read_timeout_ms: 300, keep_alive_timeout_ms: 300, ..Limits::default() };
+        let limits = Limits { header_read_timeout_ms: 300, keep_alive_timeout_ms: 1_500, ..Limits::default() };
         let proxy = Proxy::start_with(&yaml, limits, true);
         let https = proxy.https.expect("tls");
         let closes = |what: &'static str, mut io: Box<dyn AsyncReadWrite>| async move {
@@ -1180,7 +1181,15 @@ async fn silent_connections_are_closed_at_the_header_deadline() {
         let reply =
             Reply::read(step("a response", sender.send_request(get("/", ALPHA))).await.expect("response")).await;
         assert_eq!(reply.status, StatusCode::OK);
+        // Idle for longer than the header deadline: still open (the two
+        // timeouts are separate), so a second request is served.
+        tokio::time::sleep(Duration::from_millis(600)).await; // the gap under test
+        let reply =
+            Reply::read(step("a response", sender.send_request(get("/", ALPHA))).await.expect("response")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let idle_since = Instant::now();
         let _ = step("the idle connection closes", task).await;
+        assert!(idle_since.elapsed() >= Duration::from_millis(1_000), "closed by the keep-alive timeout, not before");
         drop(sender);
     })
     .await;
