@@ -280,8 +280,14 @@ pub async fn drive<C: Graceful>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conn = std::pin::pin!(conn);
-    let mut deadline = deadlines.first_request;
+    // NB: the earlier of the two deadlines, so a keep-alive timeout shorter
+    // than the header deadline still applies after a quick first request.
+    let mut deadline = deadlines.first_request.min(Instant::now() + deadlines.keep_alive_idle);
     let mut closing = *shutdown.borrow();
+    // Set once the idle timeout asked the connection to close: a
+    // connection still open a second later (a half-sent head keeps an
+    // HTTP/1.1 connection reading) is dropped if nothing is in flight.
+    let mut idle_closing = false;
     if closing {
         conn.as_mut().graceful_shutdown();
     }
@@ -294,8 +300,12 @@ pub async fn drive<C: Graceful>(
                     closing = true;
                 }
             }
-            _ = tokio::time::sleep_until(deadline), if !closing => {
+            _ = tokio::time::sleep_until(deadline), if !closing || idle_closing => {
                 if activity.started.load(Ordering::Relaxed) == 0 {
+                    if Instant::now() < deadlines.first_request {
+                        deadline = deadlines.first_request;
+                        continue;
+                    }
                     // No request head in time: close without an answer.
                     return;
                 }
@@ -303,11 +313,16 @@ pub async fn drive<C: Graceful>(
                     deadline = Instant::now() + deadlines.keep_alive_idle;
                     continue;
                 }
+                if idle_closing {
+                    return;
+                }
                 let idle_ms = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
                 let idle = Duration::from_millis(idle_ms);
                 if idle >= deadlines.keep_alive_idle {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                    idle_closing = true;
+                    deadline = Instant::now() + Duration::from_secs(1);
                 } else {
                     deadline = Instant::now() + (deadlines.keep_alive_idle - idle);
                 }

@@ -692,3 +692,29 @@ async fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
     let answer = raw(&proxy, "GET /x HTTP/1.1\r\nHost: gw.test").await;
     assert_eq!(answer.status(), 0, "{answer:?}");
 }
+
+#[tokio::test]
+async fn a_half_sent_second_request_head_does_not_hold_a_connection_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::named("up").await;
+    let limits = sluice_proxy::Limits { keep_alive_timeout_ms: 300, ..Default::default() };
+    let proxy = Proxy::start_with(&route("any", "/", &[&upstream.url()], ""), limits, false);
+    let mut tcp = tokio::net::TcpStream::connect(proxy.http).await.expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: gw.test\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Then half of a second head, and silence: the connection is closed
+    // by the keep-alive timeout (and its grace second), never held open.
+    tcp.write_all(b"GET / HTTP/1.1\r\nHo").await.expect("write");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was held open");
+}
