@@ -20,6 +20,16 @@ fn ok(body: &'static str) -> http::Response<Full<Bytes>> {
     http::Response::new(Full::new(Bytes::from(body)))
 }
 
+/// An upstream answering `status` with `body` to everything.
+async fn failing(status: u16, body: &'static str) -> Upstream {
+    Upstream::start(move |_| {
+        let mut response = ok(body);
+        *response.status_mut() = http::StatusCode::from_u16(status).expect("a status");
+        response
+    })
+    .await
+}
+
 /// A raw HTTP/1.1 request on a fresh connection, closed after the answer.
 async fn raw(proxy: &Proxy, head: &str) -> RawAnswer {
     let request = format!("{head}\r\nConnection: close\r\n\r\n");
@@ -410,12 +420,7 @@ const GATEWAY_RETRY: &str =
 #[tokio::test]
 async fn a_post_that_reached_the_upstream_is_not_retried_unless_the_route_says_so() {
     let good = Upstream::named("good").await;
-    let bad = Upstream::start(|_| {
-        let mut response = ok("bad");
-        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-        response
-    })
-    .await;
+    let bad = failing(503, "bad").await;
     let refused = closed_port();
     let yaml = [
         service("web", &[good.addr.port(), bad.addr.port()]),
@@ -454,12 +459,7 @@ async fn a_post_that_reached_the_upstream_is_not_retried_unless_the_route_says_s
 
 #[tokio::test]
 async fn a_back_off_past_the_deadline_ends_with_the_last_real_answer() {
-    let bad = Upstream::start(|_| {
-        let mut response = ok("the upstream's own 503");
-        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-        response
-    })
-    .await;
+    let bad = failing(503, "the upstream's own 503").await;
     let refused = closed_port();
     let retry =
         "  timeouts: { request: 1s }\n  retries: { attempts: 3, on: [ConnectFailure, GatewayError], backoff: 10s }\n";
@@ -481,12 +481,7 @@ async fn a_back_off_past_the_deadline_ends_with_the_last_real_answer() {
 
 #[tokio::test]
 async fn retry_budgets_and_round_robin_positions_survive_reloads() {
-    let bad = Upstream::start(|_| {
-        let mut response = ok("bad");
-        *response.status_mut() = http::StatusCode::BAD_GATEWAY;
-        response
-    })
-    .await;
+    let bad = failing(502, "bad").await;
     let a = Upstream::named("a").await;
     let b = Upstream::named("b").await;
     let budget = "  retries: { attempts: 1, on: [GatewayError], backoff: 1ms, budgetPercent: 1 }\n";
@@ -717,4 +712,74 @@ async fn a_half_sent_second_request_head_does_not_hold_a_connection_open() {
     })
     .await;
     assert!(closed.is_ok(), "the connection was held open");
+}
+
+/// An upstream that answers with a `Content-Length` of 1 MiB, sends
+/// `sent` bytes of it, and then stalls (holding the connection open).
+async fn stalling_upstream(sent: usize) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&vec![b'x'; sent]).await;
+            held.push(stream);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_body_idle_timeout() {
+    let (stalled, _task) = stalling_upstream(1000).await;
+    let limits = sluice_proxy::Limits { body_idle_timeout_ms: 300, ..Default::default() };
+    let proxy = Proxy::start_with(&route("stall", "/", &[&format!("http://{stalled}")], ""), limits, false);
+    sluice_proxy::calllog::capture();
+    let response = client()
+        .request(
+            Request::get(proxy.url("/x"))
+                .header("x-request-id", "stalled-body")
+                .body(Full::new(Bytes::new()))
+                .expect("req"),
+        )
+        .await
+        .expect("the head arrives");
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect()).await;
+    assert!(matches!(body, Ok(Err(_))), "the body is cut off, not left hanging");
+    let line = call_log_line("stalled-body").await;
+    assert!(line.contains(r#""error":"upstream-reset""#), "{line}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answer_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let big = Upstream::start(|_| http::Response::new(Full::new(Bytes::from(vec![b'y'; 32 * 1024 * 1024])))).await;
+    let limits = sluice_proxy::Limits { body_idle_timeout_ms: 300, ..Default::default() };
+    let proxy = Proxy::start_with(&route("big", "/", &[&big.url()], ""), limits, false);
+    let mut tcp = tokio::net::TcpStream::connect(proxy.http).await.expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: gw.test\r\n\r\n").await.expect("write");
+    // Read nothing for a while: the proxy's writes stall on a full socket.
+    let mut first = [0u8; 1];
+    tcp.read_exact(&mut first).await.expect("the answer starts");
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // the stall under test
+    let mut received = 1usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection ends");
+    assert!(received < 32 * 1024 * 1024, "cut off before the end: {received} bytes");
 }
