@@ -97,11 +97,26 @@ impl Inputs {
         let meta = TypeMeta::deserialize(&value).map_err(|err| parse_err(err.to_string()))?;
         // NB: serde_yaml forgets field paths once a document is a Value;
         // serde_path_to_error puts them back ("spec.backend.services[0].port: ...").
+        // Fields the schema does not have are errors, as with kubectl's
+        // strict field validation: `matchs:` for `matches:` must not turn a
+        // route into a catch-all.
         fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, String> {
-            serde_path_to_error::deserialize(value).map_err(|err| {
+            let mut unknown = Vec::new();
+            let mut note = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path.to_string()));
+            let tracked = serde_ignored::Deserializer::new(value, &mut note);
+            let parsed = serde_path_to_error::deserialize(tracked).map_err(|err| {
                 let path = err.path().to_string();
                 if path == "." { err.inner().to_string() } else { format!("{path}: {}", err.inner()) }
-            })
+            })?;
+            // NB: apiVersion and kind are read by TypeMeta, not by the types.
+            unknown.retain(|path| path != "apiVersion" && path != "kind");
+            match unknown.as_slice() {
+                [] => Ok(parsed),
+                [one] => Err(format!("{one}: unknown field (not in the schema; a typo?)")),
+                [first, rest @ ..] => {
+                    Err(format!("{first}: unknown field (not in the schema; a typo?), and {} more", rest.len()))
+                }
+            }
         }
         match (meta.api_version.as_str(), meta.kind.as_str()) {
             ("v1", "List") => {
@@ -222,5 +237,50 @@ impl Inputs {
 fn default_namespace(meta: &mut ObjectMeta) {
     if meta.namespace.as_deref().is_none_or(str::is_empty) {
         meta.namespace = Some("default".to_owned());
+    }
+}
+
+/// serde_ignored's path (`spec.matches.0.path.?.typ`) as the field paths
+/// elsewhere are written (`spec.matches[0].path.typ`).
+fn field_path(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for segment in raw.split('.').filter(|s| *s != "?") {
+        if segment.bytes().all(|b| b.is_ascii_digit()) && !segment.is_empty() {
+            out.push('[');
+            out.push_str(segment);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str = "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: users }\nspec:\n  matchs: [{ path: { type: PathPrefix, value: /users } }]\n  backend: { directResponse: { status: 200 } }\n";
+
+    #[test]
+    fn unknown_fields_are_errors_naming_file_document_and_path() {
+        let mut inputs = Inputs::default();
+        let text = format!("---\n{}---\n{}", ROUTE.replace("matchs", "matches"), ROUTE);
+        let error = inputs.load_yaml("routes.yaml", &text).expect_err("a typo is refused");
+        assert_eq!(
+            error.to_string(),
+            "routes.yaml: document 2: spec.matchs: unknown field (not in the schema; a typo?)"
+        );
+        assert!(inputs.routes.is_empty(), "nothing from the file is added");
+        // Deeper, and in a Kubernetes kind too.
+        let deep = ROUTE.replace("matchs", "matches").replace("type: PathPrefix", "typ: PathPrefix");
+        let error = inputs.load_yaml("r.yaml", &deep).expect_err("refused");
+        assert!(error.to_string().contains("spec.matches[0].path.typ: unknown field"), "{error}");
+        let service = "apiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { prots: [] }\n";
+        let error = inputs.load_yaml("s.yaml", service).expect_err("refused");
+        assert!(error.to_string().contains("spec.prots: unknown field"), "{error}");
     }
 }
