@@ -20,7 +20,7 @@ pub async fn serve(gateway: Arc<Gateway>, listener: std::net::TcpListener, mut s
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("sluice-proxy: cannot use the admin listener: {e}");
+            crate::say!("cannot use the admin listener: {e}");
             return;
         }
     };

@@ -21,6 +21,7 @@ pub mod conn;
 pub mod errors;
 pub mod exchange;
 pub mod ingress;
+pub mod log;
 pub mod metrics;
 pub mod pipeline;
 pub mod pool;

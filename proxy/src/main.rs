@@ -127,16 +127,16 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) if message.is_empty() => {
-            print!("{USAGE}");
+            sluice_proxy::log::stdout(USAGE);
             return ExitCode::SUCCESS;
         }
         Err(message) => {
-            eprintln!("sluice-proxy: {message}\n\n{USAGE}");
+            sluice_proxy::say!("{message}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
     if !args.config_dir.is_dir() {
-        eprintln!("sluice-proxy: --config-dir {}: not a folder", args.config_dir.display());
+        sluice_proxy::say!("--config-dir {}: not a folder", args.config_dir.display());
         return ExitCode::from(2);
     }
     calllog::set_enabled(args.call_log);
@@ -147,29 +147,29 @@ fn main() -> ExitCode {
     let running = match sluice_proxy::start(gateway.clone(), &args.server) {
         Ok(running) => running,
         Err(e) => {
-            eprintln!("sluice-proxy: {e}");
+            sluice_proxy::say!("{e}");
             return ExitCode::FAILURE;
         }
     };
     for addr in &running.http {
-        eprintln!("sluice-proxy: listening on http://{addr}");
+        sluice_proxy::say!("listening on http://{addr}");
     }
     for addr in &running.https {
-        eprintln!("sluice-proxy: listening on https://{addr}");
+        sluice_proxy::say!("listening on https://{addr}");
     }
-    eprintln!("sluice-proxy: admin on http://{}", running.admin);
+    sluice_proxy::say!("admin on http://{}", running.admin);
 
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = standalone::watch(gateway, args.config_dir.clone(), seen, stop.clone());
 
     if let Err(e) = wait_for_signal() {
-        eprintln!("sluice-proxy: cannot wait for signals: {e}");
+        sluice_proxy::say!("cannot wait for signals: {e}");
     }
-    eprintln!("sluice-proxy: shutting down: no new connections; in-flight requests may finish");
+    sluice_proxy::say!("shutting down: no new connections; in-flight requests may finish");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     running.shutdown();
     let _ = watcher.join();
-    eprintln!("sluice-proxy: stopped");
+    sluice_proxy::say!("stopped");
     ExitCode::SUCCESS
 }
 

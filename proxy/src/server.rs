@@ -133,7 +133,7 @@ pub fn start(gateway: Arc<Gateway>, config: &ServerConfig) -> std::io::Result<Ru
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("sluice-proxy: worker {worker} cannot start a runtime: {e}");
+                    crate::say!("worker {worker} cannot start a runtime: {e}");
                     draining.send_modify(|n| *n = n.saturating_sub(1));
                     return;
                 }
@@ -153,7 +153,7 @@ pub fn start(gateway: Arc<Gateway>, config: &ServerConfig) -> std::io::Result<Ru
     threads.push(std::thread::Builder::new().name("sluice-admin".into()).spawn(move || {
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt.block_on(admin::serve(admin_gateway, admin_socket, admin_rx)),
-            Err(e) => eprintln!("sluice-proxy: the admin listener cannot start a runtime: {e}"),
+            Err(e) => crate::say!("the admin listener cannot start a runtime: {e}"),
         }
     })?);
     Ok(Running { http, https, admin: admin_addr, shutdown, threads })
@@ -181,7 +181,7 @@ async fn worker_loop(
             Ok(l) => {
                 tasks.spawn(accept_loop(gateway.clone(), l, tls, open.clone(), shutdown.clone()));
             }
-            Err(e) => eprintln!("sluice-proxy: cannot use listener: {e}"),
+            Err(e) => crate::say!("cannot use listener: {e}"),
         }
     }
     // The call log of this worker is flushed every 100 ms; its idle
@@ -213,7 +213,7 @@ async fn worker_loop(
     })
     .await;
     if drained.is_err() {
-        eprintln!("sluice-proxy: grace period over with requests still in flight; closing them");
+        crate::say!("grace period over with requests still in flight; closing them");
     }
     calllog::flush();
 }
@@ -251,7 +251,7 @@ async fn accept_loop(
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: wait a little.
-                eprintln!("sluice-proxy: accept failed: {e}");
+                crate::say!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

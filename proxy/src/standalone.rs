@@ -164,7 +164,7 @@ pub fn apply(gateway: &Gateway, loaded: &Loaded) -> bool {
         gateway.metrics.reload(ReloadOutcome::Rejected);
     }
     for line in &problems {
-        eprintln!("sluice-proxy: config problem: {line}");
+        crate::say!("config problem: {line}");
     }
     // Routes the proxy cannot enforce are in the snapshot but not served.
     let unservable = if install {
@@ -174,17 +174,17 @@ pub fn apply(gateway: &Gateway, loaded: &Loaded) -> bool {
     };
     for (object, fields) in &unservable {
         let file = loaded.origins.get(object).map(String::as_str).unwrap_or("?");
-        eprintln!(
-            "sluice-proxy: config problem: {file}: {object}: not served (503): {fields} cannot be enforced by this proxy yet"
+        crate::say!(
+            "config problem: {file}: {object}: not served (503): {fields} cannot be enforced by this proxy yet"
         );
     }
     match outcome {
-        "rejected" => eprintln!(
-            "sluice-proxy: config change rejected; still serving snapshot {}",
+        "rejected" => crate::say!(
+            "config change rejected; still serving snapshot {}",
             previous.version.as_deref().unwrap_or("(none)")
         ),
-        "installed" => eprintln!(
-            "sluice-proxy: serving snapshot {} ({} routes)",
+        "installed" => crate::say!(
+            "serving snapshot {} ({} routes)",
             loaded.translation.snapshot.version,
             loaded.translation.snapshot.routes.len()
         ),
@@ -246,7 +246,7 @@ pub fn watch(
             }
         })
         .unwrap_or_else(|e| {
-            eprintln!("sluice-proxy: cannot watch {shown}: {e}");
+            crate::say!("cannot watch {shown}: {e}");
             std::thread::spawn(|| {})
         })
 }

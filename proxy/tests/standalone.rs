@@ -25,3 +25,54 @@ async fn a_misspelt_field_is_an_error_not_a_catch_all() {
     assert_eq!(get(&proxy.url("/users")).await.status, 200);
     assert_eq!(get(&proxy.url("/admin")).await.status, 404);
 }
+
+/// Polls `url` until it answers `body`, for at most five seconds.
+async fn until_body(url: &str, body: &str) -> bool {
+    for _ in 0..250 {
+        if let Ok(Ok(response)) =
+            tokio::time::timeout(std::time::Duration::from_millis(500), client().get(url.parse().expect("uri"))).await
+        {
+            use http_body_util::BodyExt;
+            if let Ok(bytes) = response.into_body().collect().await
+                && bytes.to_bytes() == body.as_bytes()
+            {
+                return true;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_full_stderr_stops_neither_the_proxy_nor_its_watcher() {
+    let dir = TempDir::new();
+    dir.write("routes.yaml", USERS);
+    let (listen, admin) = (closed_port(), closed_port());
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
+        .args(["--config-dir", &dir.0.display().to_string(), "--listen", &listen.to_string()])
+        .args(["--admin", &admin.to_string(), "--call-log", "off"])
+        .stderr(full)
+        .spawn()
+        .expect("start sluice-proxy");
+    let url = format!("http://{listen}/users");
+    assert!(until_body(&url, "users").await, "serving with a full stderr");
+    // An edit is still applied (and its log line dropped).
+    dir.write("routes.yaml", &USERS.replace("body: users", "body: edited"));
+    assert!(until_body(&url, "edited").await, "the watcher still applies edits");
+    let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
+    let status = child.wait().expect("exit");
+    assert_eq!(status.code(), Some(0), "a clean exit, never a panic (101)");
+}
+
+#[test]
+fn usage_errors_exit_2_even_with_a_full_stderr() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
+        .arg("--no-such-flag")
+        .stderr(full)
+        .status()
+        .expect("run");
+    assert_eq!(status.code(), Some(2));
+}
