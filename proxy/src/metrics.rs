@@ -129,6 +129,7 @@ pub struct Metrics {
     /// Client connections refused at a worker's connection cap.
     pub refused_connections: Counter,
     tunnels: TunnelMetrics,
+    config_current: Gauge,
 }
 
 /// WebSocket tunnel series, made when a tunnel closes (most routes never
@@ -200,6 +201,12 @@ impl Default for Metrics {
         let reloads = Family::<ReloadResult, Counter>::default();
         let active_connections = Gauge::default();
         let refused_connections = Counter::default();
+        let config_current = Gauge::default();
+        registry.register(
+            "config_current",
+            "1 when the config source loads and is served as it is; 0 while a change is rejected (the last good config serves)",
+            config_current.clone(),
+        );
         let tunnels = TunnelMetrics {
             closed: Family::default(),
             bytes: Family::default(),
@@ -245,6 +252,7 @@ impl Default for Metrics {
             active_connections,
             refused_connections,
             tunnels,
+            config_current,
         }
     }
 }
@@ -337,6 +345,11 @@ impl Metrics {
                 error: error.to_owned(),
             })
             .inc();
+    }
+
+    /// Whether the config source is served as it is now.
+    pub fn config_current(&self, current: bool) {
+        self.config_current.set(i64::from(current));
     }
 
     /// The tunnel series (cheap handles, for a tunnel's task).

@@ -145,11 +145,14 @@ pub fn apply(gateway: &Gateway, loaded: &Loaded) -> bool {
     let serving_bad: BTreeSet<ObjectRef> =
         previous.statuses.iter().filter(|s| s.status.has_false()).map(|s| s.status.object.clone()).collect();
     let first = !gateway.is_ready();
-    let worse = !loaded.load_errors.is_empty() || loaded.bad_objects().difference(&serving_bad).next().is_some();
+    let unreadable = !loaded.load_errors.is_empty();
+    let worse = unreadable || loaded.bad_objects().difference(&serving_bad).next().is_some();
     let unchanged = gateway.current.load().as_ref().is_some_and(|c| *c.version == loaded.translation.snapshot.version);
     let problems = loaded.problem_lines();
-    // At start-up there is no last good config: serve what compiles.
-    let install = first || !worse;
+    // At start-up there is no last good config: serve what compiles, but
+    // only once every file has been read and parsed (an empty folder, or a
+    // file that does not parse, is not a config: /readyz says so).
+    let install = if first { !unreadable } else { !worse };
     let outcome = if !install {
         "rejected"
     } else if unchanged {
@@ -190,6 +193,11 @@ pub fn apply(gateway: &Gateway, loaded: &Loaded) -> bool {
         ),
         _ => {}
     }
+    let was_rejected = previous.last_reload.as_ref().is_some_and(|r| r.outcome == "rejected");
+    if install && was_rejected {
+        crate::say!("config is good again: every file loads");
+    }
+    gateway.metrics.config_current(install);
     let reload = ReloadReport { at: now_rfc3339(), outcome, problems: if install { Vec::new() } else { problems } };
     let report = if install {
         Report {
@@ -216,7 +224,8 @@ pub fn apply(gateway: &Gateway, loaded: &Loaded) -> bool {
                 .collect(),
         }
     } else {
-        Report { last_reload: Some(reload), ..(*previous).clone() }
+        // NB: the folder's load errors now, not those of the config served.
+        Report { last_reload: Some(reload), load_errors: loaded.load_errors.clone(), ..(*previous).clone() }
     };
     gateway.report.store(Arc::new(report));
     install

@@ -76,3 +76,44 @@ fn usage_errors_exit_2_even_with_a_full_stderr() {
         .expect("run");
     assert_eq!(status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn readiness_and_status_tell_the_truth_about_the_folder() {
+    // A folder with a file that does not parse is not a config: not ready.
+    let proxy = Proxy::start("apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: [not, a, map]\n");
+    assert_eq!(get(&proxy.admin_url("/readyz")).await.status, 503);
+    let status = get(&proxy.admin_url("/status")).await.json();
+    assert!(status["loadErrors"].as_array().is_some_and(|e| e.len() == 1), "{status}");
+    // Fixed: ready.
+    proxy.reload(USERS).await;
+    assert_eq!(get(&proxy.admin_url("/readyz")).await.status, 200);
+    assert_eq!(get(&proxy.url("/users")).await.status, 200);
+    let metrics = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(metrics.contains("sluice_config_current 1"), "{metrics}");
+    // A later bad edit: still ready on the last good config, and /status
+    // and the metric say the folder is not what is served.
+    proxy.reload("kind: [broken\n").await;
+    assert_eq!(get(&proxy.admin_url("/readyz")).await.status, 200);
+    assert_eq!(get(&proxy.url("/users")).await.status, 200);
+    let status = get(&proxy.admin_url("/status")).await.json();
+    assert!(status["loadErrors"].as_array().is_some_and(|e| e.len() == 1), "{status}");
+    assert_eq!(status["lastReload"]["outcome"], "rejected");
+    let metrics = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(metrics.contains("sluice_config_current 0"), "{metrics}");
+    // Good again.
+    proxy.reload(USERS).await;
+    let status = get(&proxy.admin_url("/status")).await.json();
+    assert_eq!(status["loadErrors"].as_array().map(Vec::len), Some(0), "{status}");
+    assert!(get(&proxy.admin_url("/metrics")).await.text().contains("sluice_config_current 1"));
+}
+
+#[tokio::test]
+async fn an_empty_folder_is_not_ready() {
+    let dir = TempDir::new();
+    let gateway = sluice_proxy::Gateway::new(sluice_proxy::Limits::default(), "test");
+    sluice_proxy::standalone::apply(&gateway, &sluice_proxy::standalone::load(&dir.0));
+    assert!(!gateway.is_ready());
+    dir.write("routes.yaml", USERS);
+    sluice_proxy::standalone::apply(&gateway, &sluice_proxy::standalone::load(&dir.0));
+    assert!(gateway.is_ready());
+}
