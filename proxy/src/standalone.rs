@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use snapshot::status::{ObjectRef, StatusCondition, condition, reason};
 use snapshot::{Inputs, Translation, translate};
@@ -244,13 +244,12 @@ pub fn watch(
     std::thread::Builder::new()
         .name("sluice-config".into())
         .spawn(move || {
-            let mut seen = seen;
+            let mut watcher = Watcher::new(seen);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                let now = fingerprint(&dir);
-                if now != seen {
-                    seen = now;
-                    apply(&gateway, &load(&dir));
+                std::thread::sleep(POLL);
+                let served = || served_files(&gateway);
+                if let Some(loaded) = watcher.poll(&dir, fingerprint(&dir), Instant::now(), served) {
+                    apply(&gateway, &loaded);
                 }
             }
         })
@@ -258,4 +257,88 @@ pub fn watch(
             crate::say!("cannot watch {shown}: {e}");
             std::thread::spawn(|| {})
         })
+}
+
+/// How often the folder is looked at.
+const POLL: Duration = Duration::from_millis(200);
+
+/// How long a file that lost every object must stay so before the change
+/// is applied (an editor that truncates, then writes, is caught between).
+const EMPTIED_HOLD: Duration = Duration::from_secs(2);
+
+/// Decides when a changed folder is read: only once its fingerprint has
+/// not moved for a whole poll (a file being written is never read half
+/// way), and — when a file that still exists lost every object — only
+/// once that has lasted [`EMPTIED_HOLD`].
+#[derive(Debug)]
+struct Watcher {
+    /// The fingerprint at the previous poll.
+    last: Fingerprint,
+    /// The fingerprint last loaded.
+    loaded: Fingerprint,
+    /// A change that empties a file, and since when it is seen.
+    held: Option<(Fingerprint, Instant)>,
+}
+
+impl Watcher {
+    fn new(seen: Fingerprint) -> Self {
+        Watcher { last: seen.clone(), loaded: seen, held: None }
+    }
+
+    /// One poll: the load to apply, if the folder is ready to be read.
+    /// `served` lists the files that hold objects of the config served.
+    fn poll(
+        &mut self,
+        dir: &Path,
+        now: Fingerprint,
+        at: Instant,
+        served: impl FnOnce() -> BTreeSet<String>,
+    ) -> Option<Loaded> {
+        if now != self.last {
+            // Still changing: look again at the next poll.
+            self.last = now;
+            return None;
+        }
+        if now == self.loaded {
+            return None;
+        }
+        let loaded = load(dir);
+        let present: BTreeSet<String> = now.iter().map(|(p, _, _)| p.display().to_string()).collect();
+        let has_objects = files_with_objects(&loaded);
+        // NB: a file that does not parse has no objects either; the reload
+        // is rejected for it, with its error, rather than held.
+        let unreadable = |file: &str| loaded.load_errors.iter().any(|e| e.starts_with(&format!("{file}:")));
+        let served = served();
+        let emptied: Vec<&String> =
+            served.iter().filter(|f| present.contains(*f) && !has_objects.contains(*f) && !unreadable(f)).collect();
+        if !emptied.is_empty() {
+            match &self.held {
+                Some((held, since)) if *held == now && at.duration_since(*since) >= EMPTIED_HOLD => {}
+                Some((held, _)) if *held == now => return None,
+                _ => {
+                    for file in emptied {
+                        crate::say!(
+                            "{file}: no objects left in it; applying that only if it stays so for {} s (write files atomically: write a temporary file, then rename it)",
+                            EMPTIED_HOLD.as_secs()
+                        );
+                    }
+                    self.held = Some((now, at));
+                    return None;
+                }
+            }
+        }
+        self.held = None;
+        self.loaded = now;
+        Some(loaded)
+    }
+}
+
+/// The files that hold at least one object.
+fn files_with_objects(loaded: &Loaded) -> BTreeSet<String> {
+    loaded.origins.values().cloned().collect()
+}
+
+/// The files that hold objects of the config served.
+fn served_files(gateway: &Gateway) -> BTreeSet<String> {
+    gateway.report.load().statuses.iter().filter_map(|s| s.file.clone()).collect()
 }

@@ -117,3 +117,30 @@ async fn an_empty_folder_is_not_ready() {
     sluice_proxy::standalone::apply(&gateway, &sluice_proxy::standalone::load(&dir.0));
     assert!(gateway.is_ready());
 }
+
+#[tokio::test]
+async fn a_file_written_in_place_is_never_served_half_written() {
+    let proxy = Proxy::start(USERS);
+    let file = proxy.dir.0.join("routes.yaml");
+    let url = proxy.url("/users");
+    // What `cat > routes.yaml` and many editors do: truncate, then write.
+    // The empty file must not become a config with no routes.
+    std::fs::write(&file, "").expect("truncate");
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(800);
+    while std::time::Instant::now() < until {
+        assert_eq!(get(&url).await.status, 200, "served from a truncated file");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A slow writer: half the file, a pause, the rest.
+    std::fs::write(&file, &USERS[..USERS.len() / 2]).expect("write half");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await; // a writer between two writes
+    std::fs::write(&file, USERS.replace("body: users", "body: rewritten")).expect("write");
+    assert!(until_body(&url, "rewritten").await, "the complete file is served");
+    // A file really emptied on purpose is applied once it stays empty.
+    std::fs::write(&file, "").expect("empty");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    while get(&url).await.status == 200 {
+        assert!(std::time::Instant::now() < deadline, "an emptied file is applied after the hold");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
