@@ -58,7 +58,22 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
 /// Answers one admin request.
 pub fn answer(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", gateway.metrics.encode()),
+        "/metrics" => {
+            let openmetrics = req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+            if openmetrics {
+                text(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    gateway.metrics.encode(),
+                )
+            } else {
+                text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", gateway.metrics.encode_prometheus())
+            }
+        }
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
             if gateway.is_ready() {

@@ -205,3 +205,21 @@ pub fn problem(status: StatusCode, kind: &str, title: &str, detail: &str, reques
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_upstream_error_kind_is_a_known_metric_label() {
+        let upstream = [
+            ProxyError::NoHealthyEndpoint { upstream: String::new() },
+            ProxyError::UpstreamUnreachable { upstream: String::new(), detail: String::new() },
+            ProxyError::UpstreamTimeout { upstream: String::new(), timeout_ms: 0 },
+        ];
+        for error in &upstream {
+            assert_eq!(error.source_side(), ErrorSource::Upstream);
+            assert!(crate::metrics::UPSTREAM_ERRORS.contains(&error.kind()), "{}", error.kind());
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! (route ids, upstream names), never from requests; per-route handles are
 //! resolved when a snapshot is compiled, so the hot path touches atomics.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use std::fmt::Write;
 
@@ -257,63 +257,115 @@ impl Default for Metrics {
     }
 }
 
-/// One upstream group's handles.
-#[derive(Debug, Clone)]
+/// One upstream group's handles, each made when first used.
+#[derive(Debug)]
 pub struct UpstreamMetrics {
-    responses: [Counter; 5],
+    family: Family<UpstreamStatus, Counter>,
+    route: String,
+    upstream: String,
+    responses: [OnceLock<Counter>; 5],
 }
 
 impl UpstreamMetrics {
     /// Counts an upstream response.
     pub fn response(&self, status: u16) {
-        self.responses[StatusClass::of(status).index()].inc();
+        let class = StatusClass::of(status);
+        self.responses[class.index()]
+            .get_or_init(|| {
+                self.family.get_or_create_owned(&UpstreamStatus {
+                    route: self.route.clone(),
+                    upstream: self.upstream.clone(),
+                    status_class: class,
+                })
+            })
+            .inc();
     }
 }
 
-/// One route's handles.
-#[derive(Debug, Clone)]
+/// One route's handles. NB: a series is made when first used (an idle
+/// route costs no series), then reached through its handle with no lookup.
+#[derive(Debug)]
 pub struct RouteMetrics {
     route: Arc<str>,
-    requests: [Counter; 5],
-    duration: Histogram,
-    request_bytes: Counter,
-    response_bytes: Counter,
+    families: RouteFamilies,
+    requests: [OnceLock<Counter>; 5],
+    duration: OnceLock<Histogram>,
+    request_bytes: OnceLock<Counter>,
+    response_bytes: OnceLock<Counter>,
+}
+
+/// The route series' families (cheap handles).
+#[derive(Debug, Clone)]
+struct RouteFamilies {
+    requests: Family<RouteStatus, Counter>,
+    duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    request_bytes: Family<RouteLabel, Counter>,
+    response_bytes: Family<RouteLabel, Counter>,
 }
 
 impl RouteMetrics {
     /// Records one finished request.
     pub fn record(&self, status: u16, seconds: f64, bytes_in: u64, bytes_out: u64) {
-        self.requests[StatusClass::of(status).index()].inc();
-        self.duration.observe(seconds);
-        self.request_bytes.inc_by(bytes_in);
-        self.response_bytes.inc_by(bytes_out);
+        let label = || RouteLabel { route: self.route.to_string() };
+        let class = StatusClass::of(status);
+        let f = &self.families;
+        self.requests[class.index()]
+            .get_or_init(|| {
+                f.requests.get_or_create_owned(&RouteStatus { route: self.route.to_string(), status_class: class })
+            })
+            .inc();
+        self.duration.get_or_init(|| f.duration.get_or_create_owned(&label())).observe(seconds);
+        self.request_bytes.get_or_init(|| f.request_bytes.get_or_create_owned(&label())).inc_by(bytes_in);
+        self.response_bytes.get_or_init(|| f.response_bytes.get_or_create_owned(&label())).inc_by(bytes_out);
+    }
+}
+
+/// Every `error` label of `sluice_upstream_errors_total` (the upstream
+/// side's `ProxyError` kinds).
+pub(crate) const UPSTREAM_ERRORS: &[&str] = &["no-healthy-endpoint", "upstream-unreachable", "upstream-timeout"];
+
+/// The `route` label of requests no route matched.
+pub const UNROUTED: &str = "unrouted";
+
+/// An upstream's label: a URL without its path (`https://api.example.com`),
+/// or a Service's `service:NAMESPACE/NAME:PORT`.
+fn upstream_label(upstream: &str) -> String {
+    match upstream.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme().is_some() => match (uri.scheme_str(), uri.authority()) {
+            (Some(scheme), Some(authority)) => {
+                format!("{scheme}://{}", authority.as_str().rsplit('@').next().unwrap_or(""))
+            }
+            _ => upstream.to_owned(),
+        },
+        _ => upstream.to_owned(),
     }
 }
 
 impl Metrics {
-    /// Resolves the handles of one route (`""` for unrouted requests).
+    /// The handles of one route ([`UNROUTED`] for unrouted requests).
     pub fn route(&self, route: &str) -> Arc<RouteMetrics> {
-        let label = RouteLabel { route: route.to_owned() };
         Arc::new(RouteMetrics {
             route: Arc::from(route),
-            requests: StatusClass::ALL
-                .map(|c| self.requests.get_or_create_owned(&RouteStatus { route: route.to_owned(), status_class: c })),
-            duration: self.duration.get_or_create_owned(&label),
-            request_bytes: self.request_bytes.get_or_create_owned(&label),
-            response_bytes: self.response_bytes.get_or_create_owned(&label),
+            families: RouteFamilies {
+                requests: self.requests.clone(),
+                duration: self.duration.clone(),
+                request_bytes: self.request_bytes.clone(),
+                response_bytes: self.response_bytes.clone(),
+            },
+            requests: Default::default(),
+            duration: OnceLock::new(),
+            request_bytes: OnceLock::new(),
+            response_bytes: OnceLock::new(),
         })
     }
 
-    /// Resolves the handles of one upstream group of a route.
+    /// The handles of one upstream group of a route.
     pub fn upstream(&self, route: &str, upstream: &str) -> UpstreamMetrics {
         UpstreamMetrics {
-            responses: StatusClass::ALL.map(|c| {
-                self.upstream_requests.get_or_create_owned(&UpstreamStatus {
-                    route: route.to_owned(),
-                    upstream: upstream.to_owned(),
-                    status_class: c,
-                })
-            }),
+            family: self.upstream_requests.clone(),
+            route: route.to_owned(),
+            upstream: upstream_label(upstream),
+            responses: Default::default(),
         }
     }
 
@@ -329,8 +381,17 @@ impl Metrics {
             for upstream in upstreams {
                 self.upstream_requests.remove(&UpstreamStatus {
                     route: route.to_owned(),
-                    upstream: upstream.clone(),
+                    upstream: upstream_label(upstream),
                     status_class,
+                });
+            }
+        }
+        for upstream in upstreams {
+            for error in UPSTREAM_ERRORS {
+                self.upstream_errors.remove(&UpstreamError {
+                    route: route.to_owned(),
+                    upstream: upstream_label(upstream),
+                    error: (*error).to_owned(),
                 });
             }
         }
@@ -341,7 +402,7 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&UpstreamError {
                 route: route.route.to_string(),
-                upstream: upstream.to_owned(),
+                upstream: upstream_label(upstream),
                 error: error.to_owned(),
             })
             .inc();
@@ -362,12 +423,74 @@ impl Metrics {
         self.reloads.get_or_create(&ReloadResult { result: outcome }).inc();
     }
 
-    /// The text exposition.
+    /// The Prometheus text exposition (format 0.0.4), for scrapers that do
+    /// not ask for OpenMetrics. NB: prometheus-client writes OpenMetrics,
+    /// where a counter's `# HELP`/`# TYPE` name lacks the `_total` its
+    /// samples carry and the text ends with `# EOF`; in the 0.0.4 format
+    /// the names must agree, or the counter reads as untyped.
+    pub fn encode_prometheus(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+}
+
+/// OpenMetrics text to Prometheus text 0.0.4: counters' `# HELP` and
+/// `# TYPE` lines take the `_total` name of their samples, `# UNIT` and
+/// `# EOF` lines go.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let lines: Vec<&str> = openmetrics.lines().collect();
+    let counters: std::collections::HashSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64);
+    for line in lines {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_keep_their_total_name_in_the_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.route("default/a").record(200, 0.01, 1, 2);
+        let text = metrics.encode_prometheus();
+        assert!(text.contains("# HELP sluice_requests_total "), "{text}");
+        assert!(text.contains("# TYPE sluice_requests_total counter"), "{text}");
+        assert!(text.contains("sluice_requests_total{route=\"default/a\",status_class=\"2xx\"} 1"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        // Only what was used: no series for the other status classes.
+        assert!(!text.contains("status_class=\"5xx\""), "{text}");
+    }
+
+    #[test]
+    fn upstream_labels_carry_no_path() {
+        assert_eq!(upstream_label("https://api.example.com:8443/v1/base"), "https://api.example.com:8443");
+        assert_eq!(upstream_label("service:shop/web:80"), "service:shop/web:80");
     }
 }

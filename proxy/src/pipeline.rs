@@ -199,7 +199,7 @@ impl Pending<'_> {
         let metrics = match (&self.compiled, self.route) {
             (Some(c), Some(i)) => c.routes[i].metrics.clone(),
             (Some(c), None) => c.unrouted.clone(),
-            (None, _) => self.gateway.metrics.route(""),
+            (None, _) => self.gateway.metrics.route(crate::metrics::UNROUTED),
         };
         let record = Record {
             request_id: std::mem::take(&mut ex.request_id),

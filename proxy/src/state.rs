@@ -159,7 +159,7 @@ impl Compiled {
             version: Arc::from(snapshot.version.as_str()),
             router: Router::new(&snapshot.routes, &snapshot.reserved_hosts),
             routes,
-            unrouted: metrics.route(""),
+            unrouted: metrics.route(crate::metrics::UNROUTED),
             certificates: Certificates::new(&snapshot.certificates),
             unservable,
             snapshot,

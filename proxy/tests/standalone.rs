@@ -144,3 +144,47 @@ async fn a_file_written_in_place_is_never_served_half_written() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn the_metrics_exposition_passes_promtool_and_forgets_removed_routes() {
+    let dead = closed_port();
+    let yaml = format!("{USERS}---\n{}", route("gone", "/gone", &[&format!("http://{dead}/base/path")], ""));
+    let proxy = Proxy::start(&yaml);
+    assert_eq!(get(&proxy.url("/users")).await.status, 200);
+    assert_eq!(get(&proxy.url("/gone")).await.status, 502);
+    assert_eq!(get(&proxy.url("/nothing-here")).await.status, 404);
+    let scrape = get(&proxy.admin_url("/metrics")).await;
+    assert_eq!(scrape.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    let text = scrape.text();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is on PATH (scripts/test fetches it)");
+    use std::io::Write;
+    promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = promtool.wait_with_output().expect("promtool runs");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
+    // Unrouted requests have a label value of their own; URLs lose their path.
+    assert!(text.contains(r#"route="unrouted""#), "{text}");
+    assert!(!text.contains(r#"route="""#), "{text}");
+    assert!(text.contains(&format!(r#"upstream="http://{dead}""#)), "{text}");
+    assert!(!text.contains("/base/path"), "{text}");
+    // OpenMetrics for those who ask.
+    let open = send(
+        http::Request::get(proxy.admin_url("/metrics"))
+            .header("accept", "application/openmetrics-text; version=1.0.0")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert!(open.header("content-type").is_some_and(|c| c.starts_with("application/openmetrics-text")));
+    assert!(open.text().ends_with("# EOF\n"));
+    // Removing the route removes every one of its series.
+    proxy.reload(USERS).await;
+    let text = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(!text.contains("default/gone"), "{text}");
+}
