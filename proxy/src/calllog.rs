@@ -57,6 +57,9 @@ pub struct CallLine<'a> {
     /// trusted proxy).
     #[serde(skip_serializing_if = "str::is_empty")]
     pub client_ip: &'a str,
+    /// The client's `User-Agent`, at most 256 bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<&'a str>,
     /// Method.
     pub method: &'a str,
     /// Host the request was for.
@@ -67,10 +70,14 @@ pub struct CallLine<'a> {
     pub status: u16,
     /// Upstream group, if one was called.
     pub upstream: Option<&'a str>,
-    /// Upstream latency, ms.
-    pub upstream_ms: Option<f64>,
-    /// Total latency, ms.
-    pub total_ms: f64,
+    /// The endpoint (`address:port`) that answered (or failed) last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<&'a str>,
+    /// Time from sending upstream to the response head, microseconds.
+    pub upstream_us: Option<u64>,
+    /// Time from the request's arrival to the end of the response,
+    /// microseconds.
+    pub duration_us: u64,
     /// Request body bytes.
     pub bytes_in: u64,
     /// Response body bytes.
@@ -83,6 +90,21 @@ pub struct CallLine<'a> {
     pub detail: Option<&'a str>,
     /// Snapshot version that served it.
     pub snapshot: &'a str,
+}
+
+/// A `User-Agent` as logged: at most 256 bytes, cut at a character
+/// boundary; `None` when absent or not text.
+pub fn user_agent(value: Option<&http::HeaderValue>) -> Option<&str> {
+    const MAX: usize = 256;
+    let text = value?.to_str().ok()?;
+    if text.len() <= MAX {
+        return Some(text);
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(&text[..end])
 }
 
 /// Appends a line to this thread's buffer, writing the buffer out when it

@@ -43,6 +43,10 @@ pub struct Exchange {
     pub prefix_len: Option<usize>,
     /// The upstream group that answered (or failed).
     pub upstream: Option<Arc<str>>,
+    /// The endpoint that answered (or failed) last.
+    pub endpoint: Option<Arc<str>>,
+    /// The client's `User-Agent`, kept only when the call log is on.
+    pub user_agent: Option<HeaderValue>,
     /// Time from sending upstream to the response headers.
     pub upstream_latency: Option<Duration>,
     /// The error type the request ended in, if any.

@@ -16,13 +16,13 @@ use crate::body::{ClientBody, IdleTimer, RequestBody, ResponseBody};
 use crate::conn::Activity;
 use crate::errors::ProxyError;
 use crate::exchange::Exchange;
-use crate::ingress;
 use crate::record::{Record, RecordBody};
 use crate::router::RequestView;
 use crate::stages::Flow;
 use crate::state::{BackendRuntime, Compiled, Gateway, RouteRuntime};
 use crate::tunnel::{self, Tunnel};
 use crate::upstream::{Payload, X_REQUEST_ID, strip_hop_by_hop};
+use crate::{calllog, ingress};
 
 /// Bodies up to this size are buffered on routes with retries, so a retry
 /// can send them again.
@@ -81,6 +81,8 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
         app: None,
         prefix_len: None,
         upstream: None,
+        endpoint: None,
+        user_agent: if calllog::enabled() { parts.headers.get(header::USER_AGENT).cloned() } else { None },
         upstream_latency: None,
         error: None,
         detail: None,
@@ -212,6 +214,8 @@ impl Pending<'_> {
             path: std::mem::take(&mut ex.path),
             status: parts.status.as_u16(),
             upstream: ex.upstream.take(),
+            endpoint: ex.endpoint.take(),
+            user_agent: ex.user_agent.take(),
             upstream_latency: ex.upstream_latency,
             started: ex.started,
             bytes_in: ex.bytes_in,

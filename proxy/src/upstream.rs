@@ -536,6 +536,7 @@ impl UpstreamSet {
                 .ok_or_else(|| ProxyError::NoHealthyEndpoint { upstream: group.name.to_string() })?;
             tried.push(index);
             let endpoint = &group.endpoints[index];
+            ex.endpoint = Some(endpoint.address.clone());
             let Some(body) = payload.take() else {
                 return Err(ProxyError::UpstreamUnreachable {
                     upstream: group.name.to_string(),

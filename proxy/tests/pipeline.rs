@@ -403,7 +403,7 @@ async fn admin_endpoints_and_call_log() {
     assert!(!line.contains("sk-live-secret"), "no secret in the call log: {line}");
     let json: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
     for field in
-        ["time", "request_id", "route", "method", "path", "status", "total_ms", "bytes_in", "bytes_out", "snapshot"]
+        ["time", "request_id", "route", "method", "path", "status", "duration_us", "bytes_in", "bytes_out", "snapshot"]
     {
         assert!(json.get(field).is_some(), "{field} missing from {line}");
     }

@@ -188,3 +188,39 @@ async fn the_metrics_exposition_passes_promtool_and_forgets_removed_routes() {
     let text = get(&proxy.admin_url("/metrics")).await.text();
     assert!(!text.contains("default/gone"), "{text}");
 }
+
+#[tokio::test]
+async fn the_call_log_says_who_called_what_from_where_served_by_which_endpoint() {
+    let upstream = Upstream::named("up").await;
+    let limits = sluice_proxy::Limits { max_body_bytes: 10, ..Default::default() };
+    let proxy = Proxy::start_with(&route("api", "/", &[&upstream.url()], ""), limits, false);
+    sluice_proxy::calllog::capture();
+    let agent = "a".repeat(300);
+    let answer = send(
+        http::Request::get(proxy.url("/who"))
+            .header("user-agent", &agent)
+            .header("x-request-id", "who-called")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let line = call_log_line("who-called").await;
+    let json: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(json["client_ip"], "127.0.0.1", "{line}");
+    assert_eq!(json["user_agent"].as_str().map(str::len), Some(256), "{line}");
+    assert_eq!(json["endpoint"], upstream.addr.to_string(), "{line}");
+    assert!(json["duration_us"].is_u64() && json["upstream_us"].is_u64(), "{line}");
+    assert!(json["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+    // A body refused by its Content-Length was not read: bytes_in is 0.
+    let answer = send(
+        http::Request::post(proxy.url("/big"))
+            .header("x-request-id", "too-big")
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 100])))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(answer.status, 413);
+    let json: serde_json::Value = serde_json::from_str(&call_log_line("too-big").await).expect("json");
+    assert_eq!(json["bytes_in"], 0);
+}
