@@ -73,6 +73,12 @@ pub enum ProxyError {
         /// The fields, comma-separated.
         fields: String,
     },
+    /// The request target is longer than the limit.
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The request uses a protocol feature the gateway does not implement.
     #[error("{0}")]
     NotImplemented(String),
@@ -108,6 +114,7 @@ impl ProxyError {
             ProxyError::NotReady => "not-ready",
             ProxyError::RouteUnsupported { .. } => "route-unsupported",
             ProxyError::NotImplemented(_) => "not-implemented",
+            ProxyError::UriTooLong { .. } => "uri-too-long",
             ProxyError::RequestTimeout { .. } => "request-timeout",
             ProxyError::ClientClosed => "client-closed",
             ProxyError::Misdirected { .. } => "misdirected-request",
@@ -124,6 +131,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::RouteUnsupported { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             // NB: 499 is nginx's "client closed request"; it is recorded,
@@ -140,6 +148,7 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::NotImplemented(_)
+            | ProxyError::UriTooLong { .. }
             | ProxyError::RequestTimeout { .. }
             | ProxyError::ClientClosed
             | ProxyError::Misdirected { .. } => ErrorSource::Downstream,
@@ -161,6 +170,7 @@ impl ProxyError {
             ProxyError::NotReady => "Not ready",
             ProxyError::RouteUnsupported { .. } => "Route not served by this proxy",
             ProxyError::NotImplemented(_) => "Not implemented",
+            ProxyError::UriTooLong { .. } => "URI too long",
             ProxyError::RequestTimeout { .. } => "Request timeout",
             ProxyError::ClientClosed => "Client closed request",
             ProxyError::Misdirected { .. } => "Misdirected request",

@@ -14,6 +14,9 @@ use sluice_proxy::{Gateway, Limits, ServerConfig, calllog, standalone};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Not an error: `--version` was asked for.
+const VERSION: &str = "--version";
+
 const USAGE: &str = "\
 sluice-proxy: Sluice's API gateway data plane
 
@@ -27,7 +30,9 @@ OPTIONS:
     --admin ADDR               admin listener: /metrics /healthz /readyz /status (default 127.0.0.1:9901)
     --workers N                worker threads (default: one per CPU)
     --max-body-bytes N         largest request body (default 10485760)
-    --max-header-bytes N       largest request head (default 65536)
+    --max-header-bytes N       largest request head, bytes; larger gets 431 (default 65536)
+    --max-headers N            most header fields in a request head; more gets 431 (default 100)
+    --max-uri-bytes N          longest request target (path and query); longer gets 414 (default 8192)
     --header-read-timeout MS   time from accept to a full first request head, ms (default 10000)
     --keep-alive-timeout MS    longest idle time between requests on a connection, ms (default 75000)
     --body-idle-timeout MS     longest silence inside a request body, ms (408 after it; default 60000)
@@ -37,6 +42,7 @@ OPTIONS:
     --proxy-protocol           every traffic connection starts with a PROXY protocol v2 header
     --shutdown-grace MS        time in-flight requests get at SIGTERM, ms (default 30000)
     --call-log on|off          one JSON line per request on stdout (default on)
+    -V, --version              the version
     -h, --help                 this text
 ";
 
@@ -74,6 +80,11 @@ fn parse_args() -> Result<Args, String> {
             "--admin" => admin = addr("--admin", value("--admin")?)?,
             "--workers" => workers = number("--workers", value("--workers")?)?.max(1) as usize,
             "--max-body-bytes" => limits.max_body_bytes = number("--max-body-bytes", value("--max-body-bytes")?)?,
+            "--max-headers" => limits.max_headers = number("--max-headers", value("--max-headers")?)?.max(1) as usize,
+            "--max-uri-bytes" => {
+                limits.max_uri_bytes = number("--max-uri-bytes", value("--max-uri-bytes")?)?.max(1) as usize
+            }
+            "-V" | "--version" => return Err(VERSION.into()),
             "--max-header-bytes" => {
                 limits.max_header_bytes = number("--max-header-bytes", value("--max-header-bytes")?)? as usize
             }
@@ -128,6 +139,10 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(message) if message.is_empty() => {
             sluice_proxy::log::stdout(USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(message) if message == VERSION => {
+            sluice_proxy::log::stdout(&format!("sluice-proxy {}\n", env!("CARGO_PKG_VERSION")));
             return ExitCode::SUCCESS;
         }
         Err(message) => {

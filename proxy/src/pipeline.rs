@@ -96,6 +96,11 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
     // that went away: the guard records it as 499.
     let mut pending = Pending { gateway, compiled: current, route: None, ex, done: false };
     let ex = &mut pending.ex;
+    let limit = gateway.limits.max_uri_bytes;
+    if parts.uri.path_and_query().is_some_and(|pq| pq.as_str().len() > limit) {
+        let response = error_response(ex, &ProxyError::UriTooLong { limit });
+        return pending.finish(response);
+    }
     let admitted = match ingress::admit(&mut parts) {
         Ok(admitted) => admitted,
         Err(error) => {

@@ -361,7 +361,11 @@ async fn serve_http<I>(
         conn::Protocol::Http1 => {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
+                // NB: max_header_size is the exact head limit; the read
+                // buffer cannot be smaller than hyper's 8 KiB minimum.
                 .max_buf_size(limits.max_header_bytes.max(8192))
+                .max_header_size(limits.max_header_bytes)
+                .max_headers(limits.max_headers)
                 // NB: no hyper header_read_timeout: it also runs while a
                 // keep-alive connection waits for its next request, which
                 // would close idle connections at the header deadline. The

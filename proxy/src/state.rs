@@ -24,6 +24,10 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Largest request head (request line and headers), bytes.
     pub max_header_bytes: usize,
+    /// Most header fields in a request head (HTTP/1.1).
+    pub max_headers: usize,
+    /// Longest request target (path and query), bytes; longer gets 414.
+    pub max_uri_bytes: usize,
     /// Time allowed to read a request head, ms.
     pub header_read_timeout_ms: u64,
     /// Longest silence while a request body is read, ms (408 after it).
@@ -51,6 +55,8 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 10 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
             header_read_timeout_ms: 10_000,
             body_idle_timeout_ms: 60_000,
             shutdown_grace_ms: 30_000,

@@ -224,3 +224,33 @@ async fn the_call_log_says_who_called_what_from_where_served_by_which_endpoint()
     let json: serde_json::Value = serde_json::from_str(&call_log_line("too-big").await).expect("json");
     assert_eq!(json["bytes_in"], 0);
 }
+
+#[tokio::test]
+async fn header_and_uri_limits_do_what_their_flags_say() {
+    let limits = sluice_proxy::Limits { max_header_bytes: 1024, max_headers: 10, ..Default::default() };
+    let proxy = Proxy::start_with(USERS, limits, false);
+    // A head over 1 KiB (below hyper's 8 KiB buffer minimum): 431.
+    let big =
+        format!("GET /users HTTP/1.1\r\nHost: gw.test\r\nx-big: {}\r\nConnection: close\r\n\r\n", "b".repeat(2000));
+    assert_eq!(raw_exchange(proxy.http, big.as_bytes()).await.status(), 431);
+    // More than 10 header fields: 431.
+    let many: String = (0..12).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let request = format!("GET /users HTTP/1.1\r\nHost: gw.test\r\n{many}Connection: close\r\n\r\n");
+    assert_eq!(raw_exchange(proxy.http, request.as_bytes()).await.status(), 431);
+    // Within both: served.
+    let fine = "GET /users HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_exchange(proxy.http, fine.as_bytes()).await.status(), 200);
+    // A target over the URI limit (8 KiB by default) gets a 414 problem.
+    let proxy = Proxy::start(USERS);
+    let long = format!("GET /users?q={} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n", "q".repeat(9000));
+    let answer = raw_exchange(proxy.http, long.as_bytes()).await;
+    assert_eq!(answer.status(), 414, "{answer:?}");
+    assert_problem(&answer, "uri-too-long", 414);
+}
+
+#[test]
+fn version_is_a_flag() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy")).arg("--version").output().expect("run");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), format!("sluice-proxy {}\n", env!("CARGO_PKG_VERSION")));
+}
