@@ -50,30 +50,55 @@ impl Loaded {
     }
 }
 
-/// The YAML files of a folder, sorted.
+/// The config files of a folder and its subfolders, sorted: `.yaml`,
+/// `.yml` and `.json` (JSON is YAML). Hidden files and folders (a leading
+/// `.`, as editors' swap and temporary files) are skipped.
 pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            // The top folder must be readable; a subfolder that is not is
+            // reported by load as a file it cannot read.
+            Err(e) if folder == dir => return Err(e),
+            Err(_) => {
+                files.push(folder);
+                continue;
+            }
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json") {
+                files.push(path);
+            }
+        }
+    }
     files.sort();
     Ok(files)
 }
 
-/// What changes when a file changes: names, sizes and modification times.
-pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+/// What changes when a file changes: names, sizes, modification times and
+/// permissions (a file made readable again is read again).
+pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>, u32)>;
 
 /// The folder's fingerprint now.
 pub fn fingerprint(dir: &Path) -> Fingerprint {
+    use std::os::unix::fs::PermissionsExt;
     yaml_files(dir)
         .unwrap_or_default()
         .into_iter()
         .map(|p| {
             let meta = std::fs::metadata(&p).ok();
             let len = meta.as_ref().map_or(0, |m| m.len());
+            let mode = meta.as_ref().map_or(0, |m| m.permissions().mode());
             let modified = meta.and_then(|m| m.modified().ok());
-            (p, len, modified)
+            (p, len, modified, mode)
         })
         .collect()
 }
@@ -87,7 +112,7 @@ pub fn load(dir: &Path) -> Loaded {
         Err(e) => load_errors.push(format!("{}: cannot read the folder: {e}", dir.display())),
         Ok(files) => {
             if files.is_empty() {
-                load_errors.push(format!("{}: no .yaml or .yml files", dir.display()));
+                load_errors.push(format!("{}: no .yaml, .yml or .json files", dir.display()));
             }
             for file in files {
                 let name = file.display().to_string();
@@ -303,7 +328,7 @@ impl Watcher {
             return None;
         }
         let loaded = load(dir);
-        let present: BTreeSet<String> = now.iter().map(|(p, _, _)| p.display().to_string()).collect();
+        let present: BTreeSet<String> = now.iter().map(|(p, ..)| p.display().to_string()).collect();
         let has_objects = files_with_objects(&loaded);
         // NB: a file that does not parse has no objects either; the reload
         // is rejected for it, with its error, rather than held.

@@ -254,3 +254,18 @@ fn version_is_a_flag() {
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&output.stdout), format!("sluice-proxy {}\n", env!("CARGO_PKG_VERSION")));
 }
+
+#[tokio::test]
+async fn files_in_subfolders_and_json_files_are_read() {
+    let proxy = Proxy::start(USERS);
+    std::fs::create_dir_all(proxy.dir.0.join("team-a")).expect("subfolder");
+    let json = r#"{"apiVersion":"sluice.dev/v1alpha1","kind":"ApiRoute","metadata":{"name":"orders"},"spec":{"matches":[{"path":{"type":"PathPrefix","value":"/orders"}}],"backend":{"directResponse":{"status":200,"body":"orders"}}}}"#;
+    proxy.dir.write("team-a/orders.json", json);
+    assert!(until_body(&proxy.url("/orders"), "orders").await, "a .json file in a subfolder is served");
+    assert_eq!(get(&proxy.url("/users")).await.status, 200);
+    // An editor's hidden temporary file is not read.
+    std::fs::write(proxy.dir.0.join(".routes.yaml.swp"), "not: [yaml").expect("write");
+    proxy.dir.write("more.yaml", &USERS.replace("users", "more"));
+    assert!(until_body(&proxy.url("/more"), "more").await);
+    assert!(proxy.gateway.report.load().load_errors.is_empty());
+}

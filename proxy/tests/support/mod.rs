@@ -39,9 +39,11 @@ impl TempDir {
 
     pub fn write(&self, name: &str, text: &str) {
         // Write then rename, so the watcher never reads half a file.
-        let tmp = self.0.join(format!(".{name}.tmp"));
+        let path = self.0.join(name);
+        let file_name = path.file_name().expect("a file name").to_string_lossy().into_owned();
+        let tmp = path.with_file_name(format!(".{file_name}.tmp"));
         std::fs::write(&tmp, text).expect("write config");
-        std::fs::rename(&tmp, self.0.join(name)).expect("rename config");
+        std::fs::rename(&tmp, &path).expect("rename config");
     }
 }
 
