@@ -46,6 +46,17 @@ fn every_example_compiles_cleanly() {
             .collect();
         assert!(conflicted.is_empty(), "{}: conflicts: {conflicted:?}", dir.display());
         assert!(!translation.snapshot.routes.is_empty(), "{}: no routes compiled", dir.display());
+        // A standalone proxy serving an example connects to loopback only.
+        for route in &translation.snapshot.routes {
+            if let snapshot::Backend::Upstreams { groups } = &route.backend {
+                for endpoint in groups.iter().flat_map(|g| &g.endpoints) {
+                    let loopback = endpoint.starts_with("127.")
+                        || endpoint.starts_with("[::1]:")
+                        || endpoint.starts_with("localhost:");
+                    assert!(loopback, "{}: {} sends traffic to {endpoint}", dir.display(), route.id);
+                }
+            }
+        }
         // Every ApiRoute and Ingress of the folder is served.
         for route in &inputs.routes {
             let id = format!(

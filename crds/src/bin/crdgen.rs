@@ -15,6 +15,23 @@ fn main() -> ExitCode {
         eprintln!("crdgen: cannot create {}: {err}", out.display());
         return ExitCode::FAILURE;
     }
+    // A kind that no longer exists takes its file with it.
+    let stems: Vec<String> = crds::all_crds().into_iter().map(|(stem, _)| stem.to_string()).collect();
+    if let Ok(entries) = std::fs::read_dir(&out) {
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            let stale = path.extension().is_some_and(|e| e == "yaml")
+                && path.file_stem().is_some_and(|s| !stems.iter().any(|k| s.to_string_lossy() == *k));
+            if stale {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => println!("removed {}", path.display()),
+                    Err(err) => {
+                        eprintln!("crdgen: cannot remove {}: {err}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
+    }
     for (stem, crd) in crds::all_crds() {
         let path = out.join(format!("{stem}.yaml"));
         let yaml = match crds::render_crd(&crd) {
