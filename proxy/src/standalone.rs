@@ -126,8 +126,17 @@ pub fn load(dir: &Path) -> Loaded {
                 let mut one = Inputs::default();
                 match one.load_yaml(&name, &text) {
                     Ok(_) => {
+                        // NB: two definitions of one object are an error,
+                        // never a silent pick of one of them.
                         for object in object_refs(&one) {
-                            origins.insert(object, name.clone());
+                            match origins.get(&object) {
+                                Some(first) => load_errors.push(format!(
+                                    "{name}: {object} is defined again (first in {first}); define each object once"
+                                )),
+                                None => {
+                                    origins.insert(object, name.clone());
+                                }
+                            }
                         }
                         inputs.extend(one);
                     }

@@ -269,3 +269,29 @@ async fn files_in_subfolders_and_json_files_are_read() {
     assert!(until_body(&proxy.url("/more"), "more").await);
     assert!(proxy.gateway.report.load().load_errors.is_empty());
 }
+
+#[tokio::test]
+async fn the_same_object_in_two_files_is_an_error() {
+    let proxy = Proxy::start(USERS);
+    proxy.dir.write("copy.yaml", &USERS.replace("body: users", "body: copy"));
+    // The reload is rejected and says which files; the first config serves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let report = proxy.gateway.report.load();
+        if let Some(reload) = report.last_reload.as_ref().filter(|r| r.outcome == "rejected") {
+            assert!(
+                reload
+                    .problems
+                    .iter()
+                    .any(|p| p.contains("routes.yaml: ApiRoute default/users is defined again (first in")
+                        && p.contains("copy.yaml")),
+                "{:?}",
+                reload.problems
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the duplicate was not reported");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&proxy.url("/users")).await.text(), "users");
+}
