@@ -157,7 +157,8 @@ fn main() -> ExitCode {
     calllog::set_enabled(args.call_log);
     let gateway = Gateway::new(args.limits, format!("standalone:{}", args.config_dir.display()));
     let seen = standalone::fingerprint(&args.config_dir);
-    standalone::apply(&gateway, &standalone::load(&args.config_dir));
+    let mut ages = standalone::Ages::default();
+    standalone::apply(&gateway, &standalone::load_with(&args.config_dir, &mut ages));
 
     let running = match sluice_proxy::start(gateway.clone(), &args.server) {
         Ok(running) => running,
@@ -175,7 +176,7 @@ fn main() -> ExitCode {
     sluice_proxy::say!("admin on http://{}", running.admin);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = standalone::watch(gateway, args.config_dir.clone(), seen, stop.clone());
+    let watcher = standalone::watch(gateway, args.config_dir.clone(), seen, ages, stop.clone());
 
     if let Err(e) = wait_for_signal() {
         sluice_proxy::say!("cannot wait for signals: {e}");

@@ -103,9 +103,47 @@ pub fn fingerprint(dir: &Path) -> Fingerprint {
         .collect()
 }
 
-/// Reads, parses and compiles a folder.
+/// When this proxy first saw each object. Files carry no creation time,
+/// so standalone mode settles conflicts ("the older wins") by first-seen
+/// order: a fresh start counts files and documents in order, and an object
+/// added later is newer than everything already seen.
+#[derive(Debug, Default)]
+pub struct Ages {
+    next: i64,
+    first_seen: BTreeMap<ObjectRef, i64>,
+}
+
+impl Ages {
+    /// Stamps each object's `creationTimestamp` with its first-seen rank.
+    fn stamp(&mut self, inputs: &mut Inputs) {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+        let mut stamp = |kind: &str, meta: &mut ObjectMeta| {
+            let object =
+                ObjectRef::new(kind, meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""));
+            let rank = *self.first_seen.entry(object).or_insert_with(|| {
+                self.next += 1;
+                self.next
+            });
+            // NB: the rank in seconds after the epoch: only the order counts.
+            meta.creation_timestamp = jiff::Timestamp::from_second(rank).ok().map(Time);
+        };
+        inputs.tenants.iter_mut().for_each(|o| stamp("Tenant", &mut o.metadata));
+        inputs.routes.iter_mut().for_each(|o| stamp("ApiRoute", &mut o.metadata));
+        inputs.ingresses.iter_mut().for_each(|o| stamp("Ingress", &mut o.metadata));
+        inputs.subscriptions.iter_mut().for_each(|o| stamp("Subscription", &mut o.metadata));
+        inputs.providers.iter_mut().for_each(|o| stamp("AiProvider", &mut o.metadata));
+    }
+}
+
+/// Reads, parses and compiles a folder as a fresh start would.
 pub fn load(dir: &Path) -> Loaded {
-    let mut inputs = Inputs::default();
+    load_with(dir, &mut Ages::default())
+}
+
+/// Reads, parses and compiles a folder; objects are as old as `ages`
+/// says (new ones are stamped newest).
+pub fn load_with(dir: &Path, ages: &mut Ages) -> Loaded {
+    let mut inputs = Inputs { ages: snapshot::AgeSource::FirstSeen, ..Inputs::default() };
     let mut load_errors = Vec::new();
     let mut origins = BTreeMap::new();
     match yaml_files(dir) {
@@ -126,6 +164,7 @@ pub fn load(dir: &Path) -> Loaded {
                 let mut one = Inputs::default();
                 match one.load_yaml(&name, &text) {
                     Ok(_) => {
+                        ages.stamp(&mut one);
                         // NB: two definitions of one object are an error,
                         // never a silent pick of one of them.
                         for object in object_refs(&one) {
@@ -145,6 +184,8 @@ pub fn load(dir: &Path) -> Loaded {
             }
         }
     }
+    // Objects that are gone are forgotten: added again, they are new.
+    ages.first_seen.retain(|object, _| origins.contains_key(object));
     Loaded { translation: translate(&inputs), load_errors, origins }
 }
 
@@ -272,13 +313,14 @@ pub fn watch(
     gateway: Arc<Gateway>,
     dir: PathBuf,
     seen: Fingerprint,
+    ages: Ages,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     let shown = dir.display().to_string();
     std::thread::Builder::new()
         .name("sluice-config".into())
         .spawn(move || {
-            let mut watcher = Watcher::new(seen);
+            let mut watcher = Watcher::new(seen, ages);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(POLL);
                 let served = || served_files(&gateway);
@@ -312,11 +354,13 @@ struct Watcher {
     loaded: Fingerprint,
     /// A change that empties a file, and since when it is seen.
     held: Option<(Fingerprint, Instant)>,
+    /// When each object was first seen.
+    ages: Ages,
 }
 
 impl Watcher {
-    fn new(seen: Fingerprint) -> Self {
-        Watcher { last: seen.clone(), loaded: seen, held: None }
+    fn new(seen: Fingerprint, ages: Ages) -> Self {
+        Watcher { last: seen.clone(), loaded: seen, held: None, ages }
     }
 
     /// One poll: the load to apply, if the folder is ready to be read.
@@ -336,7 +380,7 @@ impl Watcher {
         if now == self.loaded {
             return None;
         }
-        let loaded = load(dir);
+        let loaded = load_with(dir, &mut self.ages);
         let present: BTreeSet<String> = now.iter().map(|(p, ..)| p.display().to_string()).collect();
         let has_objects = files_with_objects(&loaded);
         // NB: a file that does not parse has no objects either; the reload

@@ -295,3 +295,34 @@ async fn the_same_object_in_two_files_is_an_error() {
     }
     assert_eq!(get(&proxy.url("/users")).await.text(), "users");
 }
+
+/// A route named `name` claiming prefix `/shared` with a direct answer.
+fn shared(name: &str) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{ name: {name} }}\nspec:\n  matches: [{{ path: {{ type: PathPrefix, value: /shared }} }}]\n  backend: {{ directResponse: {{ status: 200, body: {name} }} }}\n"
+    )
+}
+
+/// The problems of the last reload.
+fn problems(proxy: &Proxy) -> String {
+    let report = proxy.gateway.report.load();
+    report.last_reload.as_ref().map(|r| r.problems.join("\n")).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn conflicts_are_settled_by_first_seen_and_say_so() {
+    // "beta" is served first.
+    let proxy = Proxy::start(USERS);
+    proxy.dir.write("b.yaml", &shared("beta"));
+    assert!(until_body(&proxy.url("/shared"), "beta").await);
+    // Added later, "aaa" is newer, though its name and its file sort
+    // first: the change is refused with a message that says why.
+    proxy.dir.write("a.yaml", &shared("aaa"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !problems(&proxy).contains("ApiRoute default/aaa") {
+        assert!(std::time::Instant::now() < deadline, "no conflict reported: {}", problems(&proxy));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(problems(&proxy).contains("default/beta was seen first and wins"), "{}", problems(&proxy));
+    assert_eq!(get(&proxy.url("/shared")).await.text(), "beta");
+}

@@ -29,6 +29,20 @@ pub struct Inputs {
     pub secrets: Vec<Secret>,
     /// ConfigMaps holding OpenAPI documents.
     pub config_maps: Vec<ConfigMap>,
+    /// What `metadata.creationTimestamp` means when conflicts are settled
+    /// ("the older wins"), so that status messages say the rule truthfully.
+    pub ages: AgeSource,
+}
+
+/// Where objects' ages come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AgeSource {
+    /// The API server's creation times.
+    #[default]
+    CreationTime,
+    /// When a standalone proxy first saw each object (a fresh start counts
+    /// files and documents in order): the loader stamps them.
+    FirstSeen,
 }
 
 /// Why a YAML document could not be loaded.
@@ -203,6 +217,7 @@ impl Inputs {
             endpoint_slices,
             secrets,
             config_maps,
+            ages: _,
         } = other;
         self.tenants.extend(tenants);
         self.routes.extend(routes);

@@ -22,6 +22,6 @@ mod model;
 pub mod status;
 mod translate;
 
-pub use inputs::{Inputs, LoadError};
+pub use inputs::{AgeSource, Inputs, LoadError};
 pub use model::*;
 pub use translate::{Translation, api_keys, content_version, host_covers, normalize_host, translate};

@@ -75,7 +75,11 @@ impl Translation {
 /// for the contract.
 pub fn translate(inputs: &Inputs) -> Translation {
     let index = index::Index::new(inputs);
-    let mut out = Output::default();
+    let older = match inputs.ages {
+        crate::AgeSource::CreationTime => "is older",
+        crate::AgeSource::FirstSeen => "was seen first",
+    };
+    let mut out = Output { older, ..Output::default() };
 
     let tenancy = tenants::translate(&index, &mut out);
     let api_keys = tenants::api_keys(&index, &tenancy, &mut out);
@@ -159,6 +163,9 @@ pub(crate) fn sorted_by<T>(items: Vec<T>, compare: impl Fn(&T, &T) -> std::cmp::
 #[derive(Default)]
 pub(crate) struct Output {
     statuses: BTreeMap<ObjectRef, ObjectStatus>,
+    /// How conflict messages say that the winner is older: "is older", or
+    /// "was seen first" when ages are first-seen times.
+    pub older: &'static str,
 }
 
 impl Output {

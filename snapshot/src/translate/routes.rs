@@ -663,17 +663,18 @@ pub fn resolve_conflicts(candidates: Vec<Candidate>, out: &mut Output) -> Accept
         for c in &group {
             claim_keys(&c.route, &mut keys);
         }
+        let older = out.older;
         let conflict = keys.iter().find_map(|key| {
             claims.get(key).map(|&owner| &owners[owner]).filter(|owner| **owner != source).map(|owner| {
                 format!(
-                    "{source} serves {key}, which {owner} already serves; {owner} is older and wins, so this one is not served."
+                    "{source} serves {key}, which {owner} already serves; {owner} {older} and wins, so this one is not served."
                 )
             })
         });
         let tls_conflict = group.iter().flat_map(|c| &c.certificates).find_map(|cert| {
             cert.hosts.iter().find_map(|h| {
                 tls_claims.get(h).filter(|(owner, secret)| *owner != source && *secret != cert.secret).map(|(owner, secret)| {
-                    format!("TLS host {h} already uses the certificate in {secret} from {owner}, which is older and wins.")
+                    format!("TLS host {h} already uses the certificate in {secret} from {owner}, which {older} and wins.")
                 })
             })
         });

@@ -119,6 +119,7 @@ impl Tenancy {
 
 /// Validates every tenant and settles namespace and hostname claims.
 pub fn translate(index: &Index<'_>, out: &mut Output) -> Tenancy {
+    let older = out.older;
     let mut tenancy = Tenancy::default();
     // (pattern, tenant) in claim order.
     let mut claimed_patterns: Vec<(String, String)> = Vec::new();
@@ -142,10 +143,10 @@ pub fn translate(index: &Index<'_>, out: &mut Output) -> Tenancy {
             match tenancy.namespace_owner.get(ns) {
                 Some(owner) => {
                     let winner = format!(
-                        "Namespace {ns} is also claimed by tenant {name}; tenant {owner} keeps it because it is older."
+                        "Namespace {ns} is also claimed by tenant {name}; tenant {owner} keeps it because it {older}."
                     );
                     let loser = format!(
-                        "Namespace {ns} is also claimed by tenant {owner}, which is older and keeps it; this tenant does not own it."
+                        "Namespace {ns} is also claimed by tenant {owner}, which {older} and keeps it; this tenant does not own it."
                     );
                     notes.entry(owner.clone()).or_default().push((reason::NAMESPACE_CONFLICT.to_owned(), winner));
                     notes.entry(name.clone()).or_default().push((reason::NAMESPACE_CONFLICT.to_owned(), loser));
@@ -161,10 +162,10 @@ pub fn translate(index: &Index<'_>, out: &mut Output) -> Tenancy {
             match claimed_patterns.iter().find(|(p, owner)| *owner != name && hosts::overlap(p, pattern)) {
                 Some((theirs, owner)) => {
                     let winner = format!(
-                        "Hostname {theirs} overlaps {pattern} of tenant {name}; tenant {owner} keeps it because it is older."
+                        "Hostname {theirs} overlaps {pattern} of tenant {name}; tenant {owner} keeps it because it {older}."
                     );
                     let loser = format!(
-                        "Hostname {pattern} overlaps {theirs} of tenant {owner}, which is older and keeps it; this tenant may not use it."
+                        "Hostname {pattern} overlaps {theirs} of tenant {owner}, which {older} and keeps it; this tenant may not use it."
                     );
                     notes.entry(owner.clone()).or_default().push((reason::HOSTNAME_CONFLICT.to_owned(), winner));
                     notes.entry(name.clone()).or_default().push((reason::HOSTNAME_CONFLICT.to_owned(), loser));
