@@ -230,7 +230,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 }
 
 /// A hyper server connection that can be asked to finish gracefully.
-pub trait Graceful: Future {
+pub trait Graceful: Future<Output = Result<(), hyper::Error>> {
     /// Stops taking new requests; ends once those in flight are answered.
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
@@ -272,13 +272,14 @@ pub struct Deadlines {
 }
 
 /// Drives a connection to its end, closing it at its deadlines and
-/// gracefully at shutdown.
+/// gracefully at shutdown. Returns the error the connection ended with, if
+/// any (a request head hyper's parser refused, for the record).
 pub async fn drive<C: Graceful>(
     conn: C,
     activity: Arc<Activity>,
     deadlines: Deadlines,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Option<hyper::Error> {
     let mut conn = std::pin::pin!(conn);
     // NB: the earlier of the two deadlines, so a keep-alive timeout shorter
     // than the header deadline still applies after a quick first request.
@@ -293,7 +294,7 @@ pub async fn drive<C: Graceful>(
     }
     loop {
         tokio::select! {
-            _ = conn.as_mut() => return,
+            ended = conn.as_mut() => return ended.err(),
             changed = shutdown.changed(), if !closing => {
                 if changed.is_err() || *shutdown.borrow() {
                     conn.as_mut().graceful_shutdown();
@@ -307,14 +308,14 @@ pub async fn drive<C: Graceful>(
                         continue;
                     }
                     // No request head in time: close without an answer.
-                    return;
+                    return None;
                 }
                 if activity.active.load(Ordering::Relaxed) > 0 {
                     deadline = Instant::now() + deadlines.keep_alive_idle;
                     continue;
                 }
                 if idle_closing {
-                    return;
+                    return None;
                 }
                 let idle_ms = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
                 let idle = Duration::from_millis(idle_ms);

@@ -176,6 +176,45 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
     pending.finish(response)
 }
 
+/// Records a request the gateway could not take (hyper's parser refused
+/// its head and answered itself): the unrouted series and one call log
+/// line, under a request id of its own.
+pub fn record_unanswered(gateway: &Gateway, status: u16, kind: &'static str, detail: &str, client_ip: &HeaderValue) {
+    let metrics = match gateway.current.load().as_ref() {
+        Some(compiled) => compiled.unrouted.clone(),
+        None => gateway.metrics.route(crate::metrics::UNROUTED),
+    };
+    metrics.record(status, 0.0, 0, 0);
+    if !calllog::enabled() {
+        return;
+    }
+    let (request_id, _) = new_request_id();
+    let time = jiff::Timestamp::now().to_string();
+    calllog::write(&calllog::CallLine {
+        kind: None,
+        time,
+        request_id: &request_id,
+        route: None,
+        tenant: None,
+        app: None,
+        client_ip: client_ip.to_str().unwrap_or_default(),
+        user_agent: None,
+        method: "",
+        host: "",
+        path: "",
+        status,
+        upstream: None,
+        endpoint: None,
+        upstream_us: None,
+        duration_us: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        error: Some(kind),
+        detail: Some(detail),
+        snapshot: "",
+    });
+}
+
 /// The method a CORS preflight asks about.
 fn preflight_method(parts: &request::Parts) -> Option<http::Method> {
     if parts.method != http::Method::OPTIONS || !parts.headers.contains_key(header::ORIGIN) {

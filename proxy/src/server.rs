@@ -349,6 +349,7 @@ async fn serve_http<I>(
 {
     let limits = &gateway.limits;
     let activity = conn_info.activity.clone();
+    let client_ip = conn_info.client_ip.clone();
     let service_gateway = gateway.clone();
     let service = service_fn(move |req| {
         let gateway = service_gateway.clone();
@@ -374,7 +375,9 @@ async fn serve_http<I>(
                 .writev(false)
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
-            conn::drive(connection, activity, deadlines, shutdown).await;
+            if let Some(error) = conn::drive(connection, activity, deadlines, shutdown).await {
+                record_refused_head(gateway, &error, &client_ip);
+            }
         }
         conn::Protocol::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -387,6 +390,21 @@ async fn serve_http<I>(
             conn::drive(connection, activity, deadlines, shutdown).await;
         }
     }
+}
+
+/// Records a request head that hyper's parser refused (it answered 400 or
+/// 431 itself and closed the connection): the unrouted series and a call
+/// log line, with a request id of its own.
+fn record_refused_head(gateway: &Gateway, error: &hyper::Error, client_ip: &http::HeaderValue) {
+    let (status, kind) = if error.is_parse_too_large() {
+        (431, "header-too-large")
+    } else if error.is_parse() {
+        (400, "bad-request")
+    } else {
+        return;
+    };
+    let detail = crate::upstream::error_chain(error);
+    pipeline::record_unanswered(gateway, status, kind, &detail, client_ip);
 }
 
 /// How often an HTTP/2 connection is pinged, and how long an answer may

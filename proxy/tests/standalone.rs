@@ -326,3 +326,27 @@ async fn conflicts_are_settled_by_first_seen_and_say_so() {
     assert!(problems(&proxy).contains("default/beta was seen first and wins"), "{}", problems(&proxy));
     assert_eq!(get(&proxy.url("/shared")).await.text(), "beta");
 }
+
+#[tokio::test]
+async fn requests_the_parser_refuses_are_recorded() {
+    let limits = sluice_proxy::Limits { max_header_bytes: 1024, ..Default::default() };
+    let proxy = Proxy::start_with(USERS, limits, false);
+    sluice_proxy::calllog::capture();
+    let bad = b"GET /users HTTP/1.1\r\nHost: gw.test\r\nno colon here\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_exchange(proxy.http, bad).await.status(), 400);
+    let big =
+        format!("GET /users HTTP/1.1\r\nHost: gw.test\r\nx-big: {}\r\nConnection: close\r\n\r\n", "b".repeat(2000));
+    assert_eq!(raw_exchange(proxy.http, big.as_bytes()).await.status(), 431);
+    let line = call_log_line_with(&["\"status\":400", "\"error\":\"bad-request\""]).await;
+    assert!(line.contains("\"request_id\":\""), "{line}");
+    call_log_line_with(&["\"status\":431", "\"error\":\"header-too-large\""]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let metrics = get(&proxy.admin_url("/metrics")).await.text();
+        if metrics.contains(r#"sluice_requests_total{route="unrouted",status_class="4xx"} 2"#) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
