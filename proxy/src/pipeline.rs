@@ -357,8 +357,23 @@ async fn backend(
     body: Incoming,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     match &route.backend {
-        BackendRuntime::Direct { status, headers, body: answer } => {
-            let mut response = Response::new(ResponseBody::full(answer.clone()));
+        BackendRuntime::Direct { status, headers, body: answer, problem } => {
+            let answer = match problem {
+                false => answer.clone(),
+                // A problem document carries the request id, as the
+                // gateway's own problems do.
+                true => {
+                    let trimmed = answer.trim_ascii_end();
+                    let id = serde_json::to_string(&ex.request_id).unwrap_or_else(|_| "\"\"".into());
+                    let mut body = Vec::with_capacity(trimmed.len() + id.len() + 16);
+                    body.extend_from_slice(&trimmed[..trimmed.len() - 1]);
+                    body.extend_from_slice(b",\"requestId\":");
+                    body.extend_from_slice(id.as_bytes());
+                    body.push(b'}');
+                    Bytes::from(body)
+                }
+            };
+            let mut response = Response::new(ResponseBody::full(answer));
             *response.status_mut() = *status;
             *response.headers_mut() = headers.clone();
             Ok(response)

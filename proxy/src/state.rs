@@ -79,6 +79,9 @@ pub enum BackendRuntime {
         headers: HeaderMap,
         /// Body.
         body: Bytes,
+        /// Whether the body is a problem document (a retired API's 410),
+        /// which gets the request id like every other problem.
+        problem: bool,
     },
     /// Load-balanced upstreams.
     Upstreams(Box<UpstreamSet>),
@@ -216,8 +219,11 @@ fn direct(d: &snapshot::DirectResponse) -> BackendRuntime {
             headers.append(n, v);
         }
     }
+    let problem = headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v == "application/problem+json")
+        && serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&d.body).is_ok_and(|m| !m.is_empty())
+        && d.body.trim_end().ends_with('}');
     match StatusCode::from_u16(d.status) {
-        Ok(status) => BackendRuntime::Direct { status, headers, body: Bytes::from(d.body.clone()) },
+        Ok(status) => BackendRuntime::Direct { status, headers, body: Bytes::from(d.body.clone()), problem },
         // NB: translate refuses such a status; a snapshot from elsewhere
         // that carries one is not served rather than answered 200.
         Err(_) => BackendRuntime::Unservable(format!("spec.backend.directResponse.status {}", d.status)),

@@ -350,3 +350,14 @@ async fn requests_the_parser_refuses_are_recorded() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_retired_api_answers_with_the_request_id_like_every_problem() {
+    let retired = "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: old }\nspec:\n  matches: [{ path: { type: PathPrefix, value: /v0 } }]\n  lifecycle: { state: Retired }\n  backend: { directResponse: { status: 200 } }\n";
+    let proxy = Proxy::start(retired);
+    let answer = get(&proxy.url("/v0/users")).await;
+    assert_eq!(answer.status, 410);
+    let problem = answer.json();
+    assert_eq!(problem["type"], "https://sluice.dev/problems/route-retired");
+    assert_eq!(problem["requestId"].as_str(), answer.header("x-request-id"));
+}
