@@ -399,3 +399,17 @@ fn an_empty_table_routes_nothing() {
         RequestView { host: "example.com", path: "/", method: &http::Method::GET, headers: &headers, query: None };
     assert_eq!(router.find(&view), None);
 }
+
+#[test]
+fn thousands_of_wildcard_hosts_match_by_label() {
+    let yaml: String = (0..5_000)
+        .map(|i| {
+            route(&format!("w{i:05}"), &[&format!("*.t{i}.example.com")], "[{path: {type: PathPrefix, value: /}}]")
+        })
+        .collect();
+    let t = table(&yaml);
+    assert_eq!(t.name(&req("api.t4321.example.com", "/x")), Some("w04321"));
+    assert_eq!(t.name(&req("a.b.t7.example.com", "/x")), Some("w00007"));
+    assert_eq!(t.name(&req("t7.example.com", "/x")), None);
+    assert_eq!(t.name(&req("api.t5000.example.com", "/x")), None);
+}
