@@ -1,7 +1,10 @@
 //! The call log: one JSON line per request on stdout. Lines are gathered in
-//! a per-thread buffer and written in batches (one `write` per batch, never
-//! one per line); each worker flushes its buffer every 100 ms and at
-//! shutdown. Never a secret: no header values are logged at all.
+//! a per-thread buffer; each worker hands its buffer over every 100 ms (or
+//! at 32 KiB, and at shutdown) to a writer thread through a bounded queue,
+//! so a slow or blocked stdout never blocks a worker: when the queue is
+//! full the batch is dropped and counted
+//! (`sluice_call_log_dropped_lines_total`). Never a secret: no header
+//! values are logged but a bounded `User-Agent`.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -129,6 +132,47 @@ pub fn flush() {
     BUFFER.with(|b| drain(&mut b.borrow_mut()));
 }
 
+/// Batches waiting for the writer thread, at most.
+const QUEUE: usize = 16;
+
+enum Batch {
+    Lines(Vec<u8>),
+    /// Everything sent before has been written: acknowledge.
+    Sync(std::sync::mpsc::Sender<()>),
+}
+
+/// The writer thread's queue, started on first use.
+fn writer() -> Option<&'static std::sync::mpsc::SyncSender<Batch>> {
+    static WRITER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Batch>>> = std::sync::OnceLock::new();
+    WRITER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(QUEUE);
+            let spawned = std::thread::Builder::new().name("sluice-call-log".into()).spawn(move || {
+                while let Ok(batch) = rx.recv() {
+                    match batch {
+                        Batch::Lines(lines) => {
+                            let mut out = std::io::stdout().lock();
+                            // A closed stdout must not take the proxy down.
+                            let _ = out.write_all(&lines);
+                            let _ = out.flush();
+                        }
+                        Batch::Sync(ack) => {
+                            let _ = ack.send(());
+                        }
+                    }
+                }
+            });
+            spawned.ok().map(|_| tx)
+        })
+        .as_ref()
+}
+
+/// Lines dropped because the writer could not keep up.
+pub fn dropped() -> &'static prometheus_client::metrics::counter::Counter {
+    static DROPPED: std::sync::OnceLock<prometheus_client::metrics::counter::Counter> = std::sync::OnceLock::new();
+    DROPPED.get_or_init(Default::default)
+}
+
 fn drain(buffer: &mut Vec<u8>) {
     if buffer.is_empty() {
         return;
@@ -140,9 +184,26 @@ fn drain(buffer: &mut Vec<u8>) {
         buffer.clear();
         return;
     }
-    let mut out = std::io::stdout().lock();
-    // A closed stdout must not take the proxy down; lines are dropped then.
-    let _ = out.write_all(buffer);
-    let _ = out.flush();
-    buffer.clear();
+    let lines = std::mem::replace(buffer, Vec::with_capacity(FLUSH_AT + FLUSH_AT / 2));
+    let count = lines.iter().filter(|b| **b == b'\n').count() as u64;
+    match writer() {
+        Some(writer) => {
+            if writer.try_send(Batch::Lines(lines)).is_err() {
+                dropped().inc_by(count);
+            }
+        }
+        None => {
+            dropped().inc_by(count);
+        }
+    }
+}
+
+/// Waits (up to two seconds) until every batch handed over so far is
+/// written: at shutdown, after the workers' last flush.
+pub fn finish() {
+    let Some(writer) = writer() else { return };
+    let (ack, done) = std::sync::mpsc::channel();
+    if writer.send(Batch::Sync(ack)).is_ok() {
+        let _ = done.recv_timeout(std::time::Duration::from_secs(2));
+    }
 }

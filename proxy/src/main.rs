@@ -185,6 +185,7 @@ fn main() -> ExitCode {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     running.shutdown();
     let _ = watcher.join();
+    calllog::finish();
     sluice_proxy::say!("stopped");
     ExitCode::SUCCESS
 }

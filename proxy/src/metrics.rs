@@ -236,6 +236,11 @@ impl Default for Metrics {
         registry.register("config_reloads", "Configuration reloads, by outcome", reloads.clone());
         registry.register("active_connections", "Client connections open now", active_connections.clone());
         registry.register(
+            "call_log_dropped_lines",
+            "Call log lines dropped because stdout could not keep up",
+            crate::calllog::dropped().clone(),
+        );
+        registry.register(
             "refused_connections",
             "Client connections refused at a worker's connection cap",
             refused_connections.clone(),

@@ -361,3 +361,65 @@ async fn a_retired_api_answers_with_the_request_id_like_every_problem() {
     assert_eq!(problem["type"], "https://sluice.dev/problems/route-retired");
     assert_eq!(problem["requestId"].as_str(), answer.header("x-request-id"));
 }
+
+/// Starts the binary on free ports with stdout piped (the call log).
+fn spawn_proxy(dir: &TempDir) -> (std::process::Child, std::net::SocketAddr, std::net::SocketAddr) {
+    let (listen, admin) = (closed_port(), closed_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
+        .args(["--config-dir", &dir.0.display().to_string(), "--listen", &listen.to_string()])
+        .args(["--admin", &admin.to_string(), "--workers", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start sluice-proxy");
+    (child, listen, admin)
+}
+
+#[tokio::test]
+async fn the_call_log_reaches_stdout_and_is_flushed_at_shutdown() {
+    let dir = TempDir::new();
+    dir.write("routes.yaml", USERS);
+    let (mut child, listen, _) = spawn_proxy(&dir);
+    let url = format!("http://{listen}/users");
+    assert!(until_body(&url, "users").await);
+    let answer = send(
+        http::Request::get(&url)
+            .header("x-request-id", "to-stdout")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
+    let output = child.wait_with_output().expect("exit");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.lines().any(|l| l.contains("\"request_id\":\"to-stdout\"")), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_blocked_stdout_never_blocks_a_worker() {
+    let dir = TempDir::new();
+    dir.write("routes.yaml", USERS);
+    // stdout is a pipe nobody reads: it fills after 64 KiB.
+    let (mut child, listen, admin) = spawn_proxy(&dir);
+    let url = format!("http://{listen}/users");
+    assert!(until_body(&url, "users").await);
+    let client = client();
+    let started = std::time::Instant::now();
+    for _ in 0..6_000 {
+        let response = client.get(url.parse().expect("uri")).await.expect("answered");
+        assert_eq!(response.status(), 200);
+        use http_body_util::BodyExt;
+        let _ = response.into_body().collect().await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the worker is blocked");
+    }
+    let metrics = get(&format!("http://{admin}/metrics")).await.text();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_call_log_dropped_lines_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the dropped-lines counter");
+    assert!(dropped > 0, "lines were dropped and counted: {metrics}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
