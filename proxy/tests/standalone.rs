@@ -379,7 +379,7 @@ fn spawn_proxy(dir: &TempDir) -> (std::process::Child, std::net::SocketAddr, std
 async fn the_call_log_reaches_stdout_and_is_flushed_at_shutdown() {
     let dir = TempDir::new();
     dir.write("routes.yaml", USERS);
-    let (mut child, listen, _) = spawn_proxy(&dir);
+    let (child, listen, _) = spawn_proxy(&dir);
     let url = format!("http://{listen}/users");
     assert!(until_body(&url, "users").await);
     let answer = send(
