@@ -20,6 +20,11 @@
 #   KEEP_TMP=1        keep the temp dir (configs, logs, raw wrk output)
 #   QUIET_MAX=10      warn when a CPU is busier than this % before a round
 #   SLUICE_CALL_LOG=off  sluice's JSON call log (on|off; the peers log nothing)
+#   SLUICE_WILDCARD_HOSTS=0  that many extra routes, each on a wildcard host
+#                        (*.hN.bench.test), which the benchmark's requests
+#                        (Host: 127.0.0.1) never match: the cost of looking
+#   SLUICE_ROUTES=0      that many extra routes (exact paths); the run then
+#                        prints sluice's resident memory and /metrics size
 #
 # Exit status: 0 when every target ran, 1 when one (e.g. sluice) was not
 # available, 2 on a setup error.
@@ -352,6 +357,17 @@ spec:
     upstreams:
       - url: http://127.0.0.1:$UPSTREAM_PORT
 EOF
+  local i
+  if ((${SLUICE_WILDCARD_HOSTS:-0} > 0)); then
+    for ((i = 0; i < SLUICE_WILDCARD_HOSTS; i++)); do
+      printf -- '---\napiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: wild-%d, namespace: default }\nspec:\n  hosts: ["*.h%d.bench.test"]\n  backend: { upstreams: [ { url: "http://127.0.0.1:%s" } ] }\n' "$i" "$i" "$UPSTREAM_PORT"
+    done >"$dir/config/wildcards.yaml"
+  fi
+  if ((${SLUICE_ROUTES:-0} > 0)); then
+    for ((i = 0; i < SLUICE_ROUTES; i++)); do
+      printf -- '---\napiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: r-%d, namespace: default }\nspec:\n  matches: [ { path: { type: Exact, value: /r/%d } } ]\n  backend: { upstreams: [ { url: "http://127.0.0.1:%s" } ] }\n' "$i" "$i" "$UPSTREAM_PORT"
+    done >"$dir/config/routes.yaml"
+  fi
   # The call log is off like nginx's and HAProxy's access logs here;
   # SLUICE_CALL_LOG=on measures it too (written to the log file).
   start sluice "$PROXY_CPU" "$dir/sluice.log" "$SLUICE_BIN" --config-dir "$dir/config" \
@@ -364,6 +380,11 @@ EOF
   elif ! why=$(wait_http sluice "${URL[sluice]}" ok 5); then
     # Ready but not proxying to the upstream: its numbers would mean nothing.
     mark_failed sluice "ready, but does not proxy: $why" "$dir/sluice.log"
+  elif ((${SLUICE_ROUTES:-0} > 0)); then
+    local rss metrics_bytes
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/${PID[sluice]}/status")
+    metrics_bytes=$(curl -s --noproxy '*' "http://127.0.0.1:$SLUICE_ADMIN_PORT/metrics" | wc -c)
+    log "footprint: $((SLUICE_ROUTES + 1)) routes: RSS $((rss / 1024)) MiB, $((rss * 1024 / (SLUICE_ROUTES + 1))) bytes a route; /metrics $metrics_bytes bytes"
   fi
 }
 
