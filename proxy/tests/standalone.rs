@@ -423,3 +423,30 @@ async fn a_blocked_stdout_never_blocks_a_worker() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The value of an unlabelled series in a scrape.
+async fn metric(proxy: &Proxy, name: &str) -> Option<i64> {
+    let text = get(&proxy.admin_url("/metrics")).await.text();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn active_connections_count_silent_ones_too() {
+    let proxy = Proxy::start(USERS);
+    // Connections that never send a byte.
+    let silent: Vec<_> = connect_silently(2, proxy.http).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while metric(&proxy, "sluice_active_connections").await != Some(2) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", metric(&proxy, "sluice_active_connections").await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(silent);
+}
+
+async fn connect_silently(n: usize, addr: std::net::SocketAddr) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    out
+}
