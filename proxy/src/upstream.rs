@@ -61,7 +61,7 @@ pub fn random() -> u64 {
 /// refills a budget or forgets an ejection.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    clients: Mutex<HashMap<(u64, u64, bool), HttpClient>>,
+    clients: Mutex<HashMap<(u64, u64, bool), Arc<HttpClient>>>,
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     routes: Mutex<HashMap<String, Arc<RouteState>>>,
 }
@@ -77,9 +77,14 @@ pub struct RouteState {
 
 impl Upstreams {
     /// The client for these timeouts (`h2c`: HTTP/2 without TLS, for gRPC).
-    fn client(&self, connect_ms: u64, idle_ms: u64, h2c: bool) -> HttpClient {
+    /// NB: shared behind an Arc: a client is several hundred bytes, and
+    /// every route with the same timeouts uses the same one.
+    fn client(&self, connect_ms: u64, idle_ms: u64, h2c: bool) -> Arc<HttpClient> {
         let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        clients.entry((connect_ms, idle_ms, h2c)).or_insert_with(|| build_client(connect_ms, idle_ms, h2c)).clone()
+        clients
+            .entry((connect_ms, idle_ms, h2c))
+            .or_insert_with(|| Arc::new(build_client(connect_ms, idle_ms, h2c)))
+            .clone()
     }
 
     /// The state of one endpoint of one route.
@@ -342,8 +347,8 @@ pub struct UpstreamSet {
     health: Option<PassiveHealthPolicy>,
     /// Budget and round-robin position, shared with earlier snapshots.
     state: Arc<RouteState>,
-    client: HttpClient,
-    h2c: HttpClient,
+    client: Arc<HttpClient>,
+    h2c: Arc<HttpClient>,
 }
 
 /// A request body in a form that can be sent (again).
