@@ -35,7 +35,7 @@ pub fn enabled() -> bool {
 }
 
 thread_local! {
-    static BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(64 * 1024));
+    static BUFFER: RefCell<Pending> = RefCell::new(Pending { bytes: Vec::with_capacity(64 * 1024), lines: 0 });
 }
 
 const FLUSH_AT: usize = 32 * 1024;
@@ -110,6 +110,14 @@ pub fn user_agent(value: Option<&http::HeaderValue>) -> Option<&str> {
     Some(&text[..end])
 }
 
+/// This thread's lines not yet handed to the writer.
+struct Pending {
+    bytes: Vec<u8>,
+    /// How many lines `bytes` holds (counted when written, so a dropped
+    /// batch is counted without scanning it).
+    lines: u64,
+}
+
 /// Appends a line to this thread's buffer, writing the buffer out when it
 /// is large.
 pub fn write(line: &CallLine<'_>) {
@@ -118,10 +126,11 @@ pub fn write(line: &CallLine<'_>) {
     }
     BUFFER.with(|b| {
         let mut buffer = b.borrow_mut();
-        if serde_json::to_writer(&mut *buffer, line).is_ok() {
-            buffer.push(b'\n');
+        if serde_json::to_writer(&mut buffer.bytes, line).is_ok() {
+            buffer.bytes.push(b'\n');
+            buffer.lines += 1;
         }
-        if buffer.len() >= FLUSH_AT {
+        if buffer.bytes.len() >= FLUSH_AT {
             drain(&mut buffer);
         }
     });
@@ -173,19 +182,19 @@ pub fn dropped() -> &'static prometheus_client::metrics::counter::Counter {
     DROPPED.get_or_init(Default::default)
 }
 
-fn drain(buffer: &mut Vec<u8>) {
-    if buffer.is_empty() {
+fn drain(buffer: &mut Pending) {
+    if buffer.bytes.is_empty() {
         return;
     }
+    let count = std::mem::take(&mut buffer.lines);
     if let Some(capture) = CAPTURE.get() {
         if let Ok(mut captured) = capture.lock() {
-            captured.extend_from_slice(buffer);
+            captured.extend_from_slice(&buffer.bytes);
         }
-        buffer.clear();
+        buffer.bytes.clear();
         return;
     }
-    let lines = std::mem::replace(buffer, Vec::with_capacity(FLUSH_AT + FLUSH_AT / 2));
-    let count = lines.iter().filter(|b| **b == b'\n').count() as u64;
+    let lines = std::mem::replace(&mut buffer.bytes, Vec::with_capacity(FLUSH_AT + FLUSH_AT / 2));
     match writer() {
         Some(writer) => {
             if writer.try_send(Batch::Lines(lines)).is_err() {
