@@ -380,6 +380,10 @@ impl Watcher {
         if now == self.loaded {
             return None;
         }
+        // A held change is not read again until its hold is over.
+        if self.held.as_ref().is_some_and(|(held, since)| *held == now && at.duration_since(*since) < EMPTIED_HOLD) {
+            return None;
+        }
         let loaded = load_with(dir, &mut self.ages);
         let present: BTreeSet<String> = now.iter().map(|(p, ..)| p.display().to_string()).collect();
         let has_objects = files_with_objects(&loaded);
@@ -391,8 +395,8 @@ impl Watcher {
             served.iter().filter(|f| present.contains(*f) && !has_objects.contains(*f) && !unreadable(f)).collect();
         if !emptied.is_empty() {
             match &self.held {
-                Some((held, since)) if *held == now && at.duration_since(*since) >= EMPTIED_HOLD => {}
-                Some((held, _)) if *held == now => return None,
+                // Held long enough: apply.
+                Some((held, _)) if *held == now => {}
                 _ => {
                     for file in emptied {
                         crate::say!(
