@@ -20,8 +20,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,6 +41,9 @@ pub struct Activity {
     active: AtomicU32,
     started: AtomicU64,
     last_ms: AtomicU64,
+    /// The status and request id of the answer that replaced hyper's own
+    /// to a request head its parser refused (see [`Prefixed`]).
+    refused: OnceLock<(u16, String)>,
 }
 
 impl Activity {
@@ -50,6 +53,12 @@ impl Activity {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.started.fetch_add(1, Ordering::Relaxed);
         ActivityGuard(self.clone())
+    }
+
+    /// The status and request id sent for a request head the parser
+    /// refused, once sent.
+    pub fn refused(&self) -> Option<&(u16, String)> {
+        self.refused.get()
     }
 }
 
@@ -149,19 +158,45 @@ pub async fn refuse_h2<I: AsyncWrite + Unpin>(io: &mut I) {
 /// A client connection's IO: first replays bytes already read (by
 /// [`sniff`]), and fails a write that has waited on the client longer than
 /// the idle timeout (a client that stopped reading its answer).
+///
+/// On HTTP/1.1 it also puts a problem answer in place of hyper's own to a
+/// request head its parser refuses ([`Prefixed::answer_refusals`]): hyper
+/// writes a bare `400`, `414` or `431` (no body, no request id) and shuts
+/// the connection down, with no hook to answer otherwise. A write ending in
+/// such a head is held back (every answer of the pipeline carries
+/// `x-request-id`, so none has that shape); a shutdown next replaces it,
+/// anything else sends it as it was.
 #[derive(Debug)]
 pub struct Prefixed<I> {
     prefix: Vec<u8>,
     offset: usize,
     inner: I,
     write_stall: IdleTimer,
+    refusals: Option<Arc<Activity>>,
+    held: Option<Held>,
+}
+
+/// Bytes hyper counts as written that are not sent yet.
+#[derive(Debug)]
+struct Held {
+    status: u16,
+    bytes: Vec<u8>,
+    sent: usize,
+    replaced: bool,
 }
 
 impl<I> Prefixed<I> {
     /// Replays `prefix`, then reads from `inner`; writes fail after
     /// `write_idle` without progress.
     pub fn new(prefix: Vec<u8>, inner: I, write_idle: Duration) -> Self {
-        Prefixed { prefix, offset: 0, inner, write_stall: IdleTimer::new(write_idle) }
+        Prefixed { prefix, offset: 0, inner, write_stall: IdleTimer::new(write_idle), refusals: None, held: None }
+    }
+
+    /// Answers request heads hyper's HTTP/1.1 parser refuses with a problem
+    /// document and a request id, kept in `activity` for the record.
+    pub fn answer_refusals(mut self, activity: Arc<Activity>) -> Self {
+        self.refusals = Some(activity);
+        self
     }
 
     fn stalled<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
@@ -179,7 +214,90 @@ impl<I> Prefixed<I> {
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+impl<I: AsyncWrite + Unpin> Prefixed<I> {
+    /// Sends the held bytes (hyper's head, or its replacement) and flushes.
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some(held) = &mut self.held {
+            if held.sent == held.bytes.len() {
+                let polled = Pin::new(&mut self.inner).poll_flush(cx);
+                std::task::ready!(self.stalled(cx, polled))?;
+                self.held = None;
+                break;
+            }
+            let polled = Pin::new(&mut self.inner).poll_write(cx, &held.bytes[held.sent..]);
+            let n = std::task::ready!(self.stalled(cx, polled))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            if let Some(held) = &mut self.held {
+                held.sent += n;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Where `buf` ends in a head of hyper's own answer to a request head its
+/// parser refused (`HTTP/1.1 400 Bad Request`, `content-length: 0`, `date`
+/// and perhaps `connection: close`, nothing else), and its status.
+fn bare_refusal(buf: &[u8]) -> Option<(usize, u16)> {
+    // NB: hyper's head is under 100 bytes; only the end of a write is read.
+    const TAIL: usize = 160;
+    if !buf.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let tail_start = buf.len().saturating_sub(TAIL);
+    let tail = &buf[tail_start..];
+    let start = tail.windows(7).rposition(|w| w == b"HTTP/1.")?;
+    let head = &tail[start..tail.len() - 4];
+    let mut lines = head.split(|&b| b == b'\n').map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    let status_line = lines.next()?;
+    if status_line.len() < 12 || !matches!(status_line[7], b'0' | b'1') || status_line[8] != b' ' {
+        return None;
+    }
+    let status = std::str::from_utf8(&status_line[9..12]).ok()?.parse::<u16>().ok()?;
+    if !matches!(status, 400 | 414 | 431) {
+        return None;
+    }
+    let mut length = false;
+    for line in lines {
+        if line.eq_ignore_ascii_case(b"content-length: 0") {
+            length = true;
+        } else if line.eq_ignore_ascii_case(b"connection: close") {
+            continue;
+        } else if !line.get(..6).is_some_and(|name| name.eq_ignore_ascii_case(b"date: ")) {
+            return None;
+        }
+    }
+    length.then_some((tail_start + start, status))
+}
+
+/// The answer sent in place of hyper's bare one, with a new request id.
+fn refusal_answer(status: u16, request_id: &str) -> Vec<u8> {
+    let (kind, title, detail) = match status {
+        431 => (
+            "header-too-large",
+            "Request header fields too large",
+            "the request head has more bytes or more fields than this gateway accepts",
+        ),
+        414 => ("uri-too-long", "URI too long", "the request target is longer than this gateway accepts"),
+        _ => ("bad-request", "Bad request", "the request head is not valid HTTP/1.1"),
+    };
+    let code = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    let problem = crate::errors::problem(code, kind, title, detail, request_id);
+    let body = problem.body();
+    let mut answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n",
+        code.as_u16(),
+        code.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(body);
+    answer
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Prefixed<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if this.offset < this.prefix.len() {
@@ -193,6 +311,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
             }
             return Poll::Ready(Ok(()));
         }
+        if this.held.as_ref().is_some_and(|held| !held.replaced) {
+            // hyper reads on: the held head was a real answer after all.
+            std::task::ready!(this.poll_send_held(cx))?;
+        }
         Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
@@ -200,18 +322,43 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
 impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        if this.held.is_some() {
+            std::task::ready!(this.poll_send_held(cx))?;
+        }
+        let mut buf = buf;
+        if this.refusals.is_some()
+            && let Some((start, status)) = bare_refusal(buf)
+        {
+            if start == 0 {
+                this.held = Some(Held { status, bytes: buf.to_vec(), sent: 0, replaced: false });
+                return Poll::Ready(Ok(buf.len()));
+            }
+            buf = &buf[..start];
+        }
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.stalled(cx, polled)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        // NB: held bytes stay held: hyper flushes before it shuts down.
         let polled = Pin::new(&mut this.inner).poll_flush(cx);
         this.stalled(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if let (Some(held), Some(activity)) = (&mut this.held, &this.refusals)
+            && !held.replaced
+        {
+            let (request_id, _) = crate::pipeline::new_request_id();
+            held.bytes = refusal_answer(held.status, &request_id);
+            held.sent = 0;
+            held.replaced = true;
+            let _ = activity.refused.set((held.status, request_id));
+        }
+        std::task::ready!(this.poll_send_held(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -219,13 +366,18 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.refusals.is_some() {
+            // NB: one buffer at a time, so every write is checked.
+            let buf = bufs.iter().find(|buf| !buf.is_empty()).map_or(&[][..], |buf| &**buf);
+            return self.poll_write(cx, buf);
+        }
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.stalled(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.refusals.is_none() && self.inner.is_write_vectored()
     }
 }
 
@@ -351,6 +503,27 @@ mod tests {
         assert_eq!(read_proxy_header(&mut &local[..]).await.expect("valid"), None);
         // No signature: an error, never a guess.
         assert!(read_proxy_header(&mut &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..]).await.is_err());
+    }
+
+    #[test]
+    fn only_hypers_bare_refusals_are_taken_for_one() {
+        let bare = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 03 Dec 2026 17:13:13 GMT\r\n\r\n";
+        assert_eq!(bare_refusal(bare), Some((0, 431)));
+        // At the end of a write that also ends an earlier answer.
+        let mut both = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: a\r\n\r\nok".to_vec();
+        both.extend_from_slice(bare);
+        assert_eq!(bare_refusal(&both), Some((both.len() - bare.len(), 431)));
+        // The pipeline's answers carry a request id; other statuses pass.
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-request-id: a\r\n\r\n";
+        assert_eq!(bare_refusal(ours), None);
+        let not_found = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(bare_refusal(not_found), None);
+        assert_eq!(bare_refusal(b"HTTP/1.1 400 Bad Request\r\ndate: x\r\n\r\n"), None, "no length");
+        assert_eq!(bare_refusal(b"body"), None);
+        let answer = refusal_answer(431, "abc");
+        let text = String::from_utf8(answer).expect("text");
+        assert!(text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{text}");
+        assert!(text.contains("x-request-id: abc\r\n") && text.contains("\"requestId\":\"abc\""), "{text}");
     }
 
     #[tokio::test]

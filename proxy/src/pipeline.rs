@@ -177,9 +177,16 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
 }
 
 /// Records a request the gateway could not take (hyper's parser refused
-/// its head and answered itself): the unrouted series and one call log
-/// line, under a request id of its own.
-pub fn record_unanswered(gateway: &Gateway, status: u16, kind: &'static str, detail: &str, client_ip: &HeaderValue) {
+/// its head): the unrouted series and one call log line, under the request
+/// id its answer carried (a new one if none was sent).
+pub fn record_unanswered(
+    gateway: &Gateway,
+    status: u16,
+    kind: &'static str,
+    detail: &str,
+    request_id: Option<&str>,
+    client_ip: &HeaderValue,
+) {
     let metrics = match gateway.current.load().as_ref() {
         Some(compiled) => compiled.unrouted.clone(),
         None => gateway.metrics.route(crate::metrics::UNROUTED),
@@ -188,7 +195,10 @@ pub fn record_unanswered(gateway: &Gateway, status: u16, kind: &'static str, det
     if !calllog::enabled() {
         return;
     }
-    let (request_id, _) = new_request_id();
+    let request_id = match request_id {
+        Some(id) => id.to_owned(),
+        None => new_request_id().0,
+    };
     let time = jiff::Timestamp::now().to_string();
     calllog::write(&calllog::CallLine {
         kind: None,
@@ -474,7 +484,7 @@ fn request_id(headers: &http::HeaderMap) -> (String, HeaderValue) {
 /// and collide with another's), so they never come from the balancer's
 /// xorshift. NB: the bytes are drawn 4 KiB at a time per thread, so the
 /// hot path makes one `getrandom` call per 256 requests.
-fn new_request_id() -> (String, HeaderValue) {
+pub(crate) fn new_request_id() -> (String, HeaderValue) {
     use std::cell::RefCell;
     const BATCH: usize = 4096;
     thread_local! {

@@ -311,8 +311,9 @@ async fn serve(
         else {
             return;
         };
-        let io = conn::Prefixed::new(prefix, stream, Duration::from_millis(gateway.limits.body_idle_timeout_ms));
-        return serve_http(gateway, io, Connection::plain(client), protocol, first_request, shutdown).await;
+        let conn_info = Connection::plain(client);
+        let io = prefixed(gateway, prefix, stream, protocol, &conn_info);
+        return serve_http(gateway, io, conn_info, protocol, first_request, shutdown).await;
     };
     let Ok(Ok(mut stream)) = tokio::time::timeout_at(first_request, acceptor.accept(stream)).await else { return };
     let (_, session) = stream.get_ref();
@@ -333,8 +334,25 @@ async fn serve(
             _ => return,
         },
     };
+    let conn_info = Connection::tls(client, sni);
+    let io = prefixed(gateway, prefix, stream, protocol, &conn_info);
+    serve_http(gateway, io, conn_info, protocol, first_request, shutdown).await;
+}
+
+/// A connection's IO, with its write-stall timeout, and on HTTP/1.1 with
+/// problem answers to heads the parser refuses.
+fn prefixed<I>(
+    gateway: &Gateway,
+    prefix: Vec<u8>,
+    stream: I,
+    protocol: conn::Protocol,
+    conn_info: &Connection,
+) -> conn::Prefixed<I> {
     let io = conn::Prefixed::new(prefix, stream, Duration::from_millis(gateway.limits.body_idle_timeout_ms));
-    serve_http(gateway, io, Connection::tls(client, sni), protocol, first_request, shutdown).await;
+    match protocol {
+        conn::Protocol::Http1 => io.answer_refusals(conn_info.activity.clone()),
+        conn::Protocol::Http2 => io,
+    }
 }
 
 async fn serve_http<I>(
@@ -375,8 +393,8 @@ async fn serve_http<I>(
                 .writev(false)
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
-            if let Some(error) = conn::drive(connection, activity, deadlines, shutdown).await {
-                record_refused_head(gateway, &error, &client_ip);
+            if let Some(error) = conn::drive(connection, activity.clone(), deadlines, shutdown).await {
+                record_refused_head(gateway, &error, &activity, &client_ip);
             }
         }
         conn::Protocol::Http2 => {
@@ -392,19 +410,30 @@ async fn serve_http<I>(
     }
 }
 
-/// Records a request head that hyper's parser refused (it answered 400 or
-/// 431 itself and closed the connection): the unrouted series and a call
-/// log line, with a request id of its own.
-fn record_refused_head(gateway: &Gateway, error: &hyper::Error, client_ip: &http::HeaderValue) {
-    let (status, kind) = if error.is_parse_too_large() {
-        (431, "header-too-large")
-    } else if error.is_parse() {
-        (400, "bad-request")
-    } else {
-        return;
+/// Records a request head that hyper's parser refused (answered with a
+/// problem document in place of hyper's bare answer, see
+/// [`conn::Prefixed`]): the unrouted series and a call log line with the
+/// request id the client got.
+fn record_refused_head(
+    gateway: &Gateway,
+    error: &hyper::Error,
+    activity: &conn::Activity,
+    client_ip: &http::HeaderValue,
+) {
+    let status = match activity.refused() {
+        Some((status, _)) => *status,
+        None if error.is_parse_too_large() => 431,
+        None if error.is_parse() => 400,
+        None => return,
+    };
+    let kind = match status {
+        431 => "header-too-large",
+        414 => "uri-too-long",
+        _ => "bad-request",
     };
     let detail = crate::upstream::error_chain(error);
-    pipeline::record_unanswered(gateway, status, kind, &detail, client_ip);
+    let request_id = activity.refused().map(|(_, id)| id.as_str());
+    pipeline::record_unanswered(gateway, status, kind, &detail, request_id, client_ip);
 }
 
 /// How often an HTTP/2 connection is pinged, and how long an answer may

@@ -332,18 +332,34 @@ async fn requests_the_parser_refuses_are_recorded() {
     let limits = sluice_proxy::Limits { max_header_bytes: 1024, ..Default::default() };
     let proxy = Proxy::start_with(USERS, limits, false);
     sluice_proxy::calllog::capture();
+    // The parser's refusals are problem documents with a request id, and
+    // the call log has the same id.
     let bad = b"GET /users HTTP/1.1\r\nHost: gw.test\r\nno colon here\r\nConnection: close\r\n\r\n";
-    assert_eq!(raw_exchange(proxy.http, bad).await.status(), 400);
+    let answer = raw_exchange(proxy.http, bad).await;
+    assert_eq!(answer.status(), 400);
+    assert_problem(&answer, "bad-request", 400);
+    let id = answer.header("x-request-id").expect("a request id").to_owned();
     let big =
         format!("GET /users HTTP/1.1\r\nHost: gw.test\r\nx-big: {}\r\nConnection: close\r\n\r\n", "b".repeat(2000));
-    assert_eq!(raw_exchange(proxy.http, big.as_bytes()).await.status(), 431);
+    let answer = raw_exchange(proxy.http, big.as_bytes()).await;
+    assert_eq!(answer.status(), 431);
+    assert_problem(&answer, "header-too-large", 431);
     let line = call_log_line_with(&["\"status\":400", "\"error\":\"bad-request\""]).await;
-    assert!(line.contains("\"request_id\":\""), "{line}");
+    assert!(line.contains(&format!("\"request_id\":\"{id}\"")), "{line}");
     call_log_line_with(&["\"status\":431", "\"error\":\"header-too-large\""]).await;
+    // A good request, then a bad one on the same connection: the first
+    // answer is sent as it was, the second is a problem document.
+    let pair =
+        b"GET /users HTTP/1.1\r\nHost: gw.test\r\n\r\nGET /users HTTP/1.1\r\nHost: gw.test\r\nbad header\r\n\r\n";
+    let raw = raw_bytes(proxy.http, pair).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    let second = text.find("HTTP/1.1 400 Bad Request\r\n").expect("a second answer");
+    assert!(text[second..].contains("application/problem+json") && text[second..].contains("x-request-id: "), "{text}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let metrics = get(&proxy.admin_url("/metrics")).await.text();
-        if metrics.contains(r#"sluice_requests_total{route="unrouted",status_class="4xx"} 2"#) {
+        if metrics.contains(r#"sluice_requests_total{route="unrouted",status_class="4xx"} 3"#) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{metrics}");

@@ -381,6 +381,16 @@ impl RawAnswer {
 /// limit) and reads until the server closes or resets the connection.
 /// The request should say `Connection: close`.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawAnswer {
+    let answer = raw_bytes(addr, request).await;
+    // No answer at all (the connection was closed) reads as status 0.
+    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return RawAnswer { head: String::from_utf8_lossy(&answer).into_owned(), body: Vec::new() };
+    };
+    RawAnswer { head: String::from_utf8_lossy(&answer[..split]).into_owned(), body: answer[split + 4..].to_vec() }
+}
+
+/// Sends raw bytes and reads everything until the server closes.
+pub async fn raw_bytes(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let limit = Duration::from_secs(10);
     let mut tcp = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
@@ -397,11 +407,7 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawAnswer {
             Ok(n) => answer.extend_from_slice(&buf[..n]),
         }
     }
-    // No answer at all (the connection was closed) reads as status 0.
-    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return RawAnswer { head: String::from_utf8_lossy(&answer).into_owned(), body: Vec::new() };
-    };
-    RawAnswer { head: String::from_utf8_lossy(&answer[..split]).into_owned(), body: answer[split + 4..].to_vec() }
+    answer
 }
 
 /// Checks an RFC 9457 problem document.
