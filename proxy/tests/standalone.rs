@@ -466,3 +466,47 @@ async fn connect_silently(n: usize, addr: std::net::SocketAddr) -> Vec<tokio::ne
     }
     out
 }
+
+/// The README's quickstart, on any ports: every `curl` line answers as the
+/// README says (the `files` upstream pointed at a closed port, then at a
+/// test server, instead of 127.0.0.1:3000).
+#[tokio::test]
+async fn the_quickstart_answers_as_the_readme_says_on_any_ports() {
+    let quickstart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/routes.yaml");
+    let yaml = std::fs::read_to_string(quickstart).expect("the quickstart");
+    assert!(!yaml.contains(":9901"), "the quickstart must not depend on the admin port");
+    let files = Upstream::start(|seen| {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!("listing of {}", seen.uri))))
+    })
+    .await;
+    let dir = TempDir::new();
+    // First with nothing on the upstream's port: a 502 problem document.
+    dir.write("routes.yaml", &yaml.replace("127.0.0.1:3000", &closed_port().to_string()));
+    let (mut child, listen, admin) = spawn_proxy(&dir);
+    let url = |path: &str| format!("http://{listen}{path}");
+    assert!(until_body(&url("/health"), "ok").await);
+    let down = get(&url("/files/")).await;
+    assert_eq!(down.status, 502);
+    assert_eq!(down.json()["type"], "https://sluice.dev/problems/upstream-unreachable");
+    dir.write("routes.yaml", &yaml.replace("http://127.0.0.1:3000", &files.url()));
+    assert!(until_body(&url("/files/"), "listing of /").await);
+    let hello = get(&url("/hello")).await;
+    assert_eq!(hello.status, 200);
+    assert_eq!(hello.json()["message"], "Hello from Sluice");
+    let users = get(&url("/v1/users")).await;
+    assert_eq!(users.status, 200);
+    assert!(users.header("deprecation").is_some() && users.header("sunset").is_some(), "{:?}", users.headers);
+    let listing = get(&url("/files/")).await;
+    assert_eq!(listing.status, 200);
+    assert_eq!(listing.text(), "listing of /");
+    assert_eq!(listing.header("x-served-by"), Some("sluice"));
+    assert_eq!(get(&url("/v0/users")).await.status, 410);
+    let nope = get(&url("/nope")).await;
+    assert_eq!(nope.status, 404);
+    assert_eq!(nope.json()["type"], "https://sluice.dev/problems/no-route");
+    let status = get(&format!("http://{admin}/status")).await;
+    assert_eq!(status.status, 200);
+    assert!(get(&format!("http://{admin}/metrics")).await.text().contains("sluice_requests_total"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
