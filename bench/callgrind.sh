@@ -5,13 +5,15 @@
 # sluice-proxy and nginx on the same plain proxied GET.
 #
 # Each binary runs under callgrind with one worker and the call log off,
+# unless CALL_LOG=on,
 # in front of an nginx upstream answering `200 ok`; after a 5 s warm-up,
 # the counters are zeroed, wrk sends load for DURATION seconds, and the
 # counters are dumped. nginx as a proxy is measured the same way.
 #
 # Usage: bench/callgrind.sh [SLUICE_BINARY ...]
 #   (default: target/release/sluice-proxy, built if missing)
-# Environment: DURATION=20
+# Environment: DURATION=20, CALL_LOG=off (on: the call log is written, to
+#   /dev/null, by its writer thread; its instructions are counted too)
 # Needs: valgrind, nginx, wrk, curl (apt-get install valgrind nginx wrk curl).
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -66,7 +68,7 @@ for bin in "${BINS[@]}"; do
   listen=$(port); admin=$(port); mkdir -p "$TMP/cfg"
   printf 'apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: bench }\nspec:\n  backend: { upstreams: [ { url: "http://127.0.0.1:%s" } ] }\n' "$UP" >"$TMP/cfg/routes.yaml"
   measure "$bin" "$listen" "$bin" --config-dir "$TMP/cfg" --listen "127.0.0.1:$listen" \
-    --admin "127.0.0.1:$admin" --workers 1 --call-log off
+    --admin "127.0.0.1:$admin" --workers 1 --call-log "${CALL_LOG:-off}"
 done
 listen=$(port)
 nginx_conf "$TMP/proxy" "upstream backend { server 127.0.0.1:$UP; keepalive 64; }

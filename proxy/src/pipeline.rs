@@ -199,7 +199,7 @@ pub fn record_unanswered(
         Some(id) => id.to_owned(),
         None => new_request_id().0,
     };
-    let time = jiff::Timestamp::now().to_string();
+    let time = std::time::SystemTime::now();
     calllog::write(&calllog::CallLine {
         kind: None,
         time,

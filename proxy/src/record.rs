@@ -55,8 +55,7 @@ impl Record {
             return;
         }
         // When the request arrived: now, less how long it took.
-        let arrived = std::time::SystemTime::now() - elapsed;
-        let time = jiff::Timestamp::try_from(arrived).map(|t| t.to_string()).unwrap_or_default();
+        let time = std::time::SystemTime::now() - elapsed;
         calllog::write(&CallLine {
             kind: None,
             time,

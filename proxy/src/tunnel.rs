@@ -92,9 +92,7 @@ pub async fn run(
     metrics.record(&tunnel.route, up, down, elapsed.as_secs_f64());
     calllog::write(&CallLine {
         kind: Some("tunnel"),
-        time: jiff::Timestamp::try_from(std::time::SystemTime::now() - elapsed)
-            .map(|t| t.to_string())
-            .unwrap_or_default(),
+        time: std::time::SystemTime::now() - elapsed,
         request_id: &tunnel.request_id,
         route: Some(&tunnel.route),
         tenant: None,
