@@ -24,7 +24,9 @@
 #                        (*.hN.bench.test), which the benchmark's requests
 #                        (Host: 127.0.0.1) never match: the cost of looking
 #   SLUICE_ROUTES=0      that many extra routes (exact paths); the run then
-#                        prints sluice's resident memory and /metrics size
+#                        prints sluice's resident memory (beside a sluice
+#                        with one route: the cost a route adds) and
+#                        /metrics size
 #
 # Exit status: 0 when every target ran, 1 when one (e.g. sluice) was not
 # available, 2 on a setup error.
@@ -381,11 +383,35 @@ EOF
     # Ready but not proxying to the upstream: its numbers would mean nothing.
     mark_failed sluice "ready, but does not proxy: $why" "$dir/sluice.log"
   elif ((${SLUICE_ROUTES:-0} > 0)); then
-    local rss metrics_bytes
+    # RSS once the allocator has returned what loading left free (its
+    # purge delay is 1 s), beside a sluice serving the one bench route.
+    sleep 3
+    local rss base metrics_bytes
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/${PID[sluice]}/status")
     metrics_bytes=$(curl -s --noproxy '*' "http://127.0.0.1:$SLUICE_ADMIN_PORT/metrics" | wc -c)
-    log "footprint: $((SLUICE_ROUTES + 1)) routes: RSS $((rss / 1024)) MiB, $((rss * 1024 / (SLUICE_ROUTES + 1))) bytes a route; /metrics $metrics_bytes bytes"
+    base=$(baseline_rss "$dir/config/bench.yaml")
+    log "footprint: $((SLUICE_ROUTES + 1)) routes: RSS $((rss / 1024)) MiB ($((base / 1024)) MiB with one route): $(((rss - base) * 1024 / SLUICE_ROUTES)) bytes a route more; /metrics $metrics_bytes bytes"
   fi
+}
+
+# baseline_rss ROUTES_FILE: the RSS (KiB) of a sluice serving only that file.
+baseline_rss() {
+  local dir=$TMP/sluice-base port admin pid rss=0
+  mkdir -p "$dir/config"
+  cp "$1" "$dir/config/"
+  read -r port admin < <(free_ports 2)
+  "$SLUICE_BIN" --config-dir "$dir/config" --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+    --workers 1 --call-log off >"$dir/sluice.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do
+    curl -sf --noproxy '*' -o /dev/null "http://127.0.0.1:$admin/readyz" && break
+    sleep 0.1
+  done
+  sleep 3
+  rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  echo "$rss"
 }
 
 # ---------------------------------------------------------------- measuring

@@ -156,9 +156,14 @@ fn main() -> ExitCode {
     }
     calllog::set_enabled(args.call_log);
     let gateway = Gateway::new(args.limits, format!("standalone:{}", args.config_dir.display()));
-    let seen = standalone::fingerprint(&args.config_dir);
-    let mut ages = standalone::Ages::default();
-    standalone::apply(&gateway, &standalone::load_with(&args.config_dir, &mut ages));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = match standalone::watch(gateway.clone(), args.config_dir.clone(), stop.clone()) {
+        Ok((watcher, _)) => watcher,
+        Err(e) => {
+            sluice_proxy::say!("cannot start the config thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let running = match sluice_proxy::start(gateway.clone(), &args.server) {
         Ok(running) => running,
@@ -174,9 +179,6 @@ fn main() -> ExitCode {
         sluice_proxy::say!("listening on https://{addr}");
     }
     sluice_proxy::say!("admin on http://{}", running.admin);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = standalone::watch(gateway, args.config_dir.clone(), seen, ages, stop.clone());
 
     if let Err(e) = wait_for_signal() {
         sluice_proxy::say!("cannot wait for signals: {e}");

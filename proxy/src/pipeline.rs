@@ -385,7 +385,7 @@ async fn backend(
             };
             let mut response = Response::new(ResponseBody::full(answer));
             *response.status_mut() = *status;
-            *response.headers_mut() = headers.clone();
+            *response.headers_mut() = (**headers).clone();
             Ok(response)
         }
         BackendRuntime::Unservable(fields) => {

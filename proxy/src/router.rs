@@ -236,9 +236,11 @@ fn add(table: &mut Table, route: usize, m: &Match) {
     let Some(headers) = m.headers.iter().map(ValueRule::compile).collect::<Option<Vec<_>>>() else { return };
     let Some(query) = m.query_params.iter().map(ValueRule::compile).collect::<Option<Vec<_>>>() else { return };
     let entry = Entry { route, methods: m.methods.iter().fold(0, |bits, m| bits | method_bit_of(*m)), headers, query };
+    // NB: most paths have one entry; a default vector would grow to four.
+    let one = || Vec::with_capacity(1);
     match m.path_type {
-        PathMatchType::Exact => table.exact.entry(m.path.clone()).or_default().push(entry),
-        PathMatchType::PathPrefix => table.prefix.entry(m.path.clone()).or_default().push(entry),
+        PathMatchType::Exact => table.exact.entry(m.path.clone()).or_insert_with(one).push(entry),
+        PathMatchType::PathPrefix => table.prefix.entry(m.path.clone()).or_insert_with(one).push(entry),
         PathMatchType::RegularExpression => {
             let anchored_text = format!("^(?:{})$", m.path);
             match table.regex.iter_mut().find(|(r, _)| r.as_str() == anchored_text) {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use snapshot::status::ObjectRef;
-use snapshot::{Backend, Feature, Snapshot, Translation};
+use snapshot::{Backend, Feature, Snapshot};
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::Router;
@@ -75,8 +75,9 @@ pub enum BackendRuntime {
     Direct {
         /// Status.
         status: StatusCode,
-        /// Headers.
-        headers: HeaderMap,
+        /// Headers (boxed: a `HeaderMap` is 96 bytes, and most routes
+        /// are not direct answers).
+        headers: Box<HeaderMap>,
         /// Body.
         body: Bytes,
         /// Whether the body is a problem document (a retired API's 410),
@@ -223,7 +224,9 @@ fn direct(d: &snapshot::DirectResponse) -> BackendRuntime {
         && serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&d.body).is_ok_and(|m| !m.is_empty())
         && d.body.trim_end().ends_with('}');
     match StatusCode::from_u16(d.status) {
-        Ok(status) => BackendRuntime::Direct { status, headers, body: Bytes::from(d.body.clone()), problem },
+        Ok(status) => {
+            BackendRuntime::Direct { status, headers: Box::new(headers), body: Bytes::from(d.body.clone()), problem }
+        }
         // NB: translate refuses such a status; a snapshot from elsewhere
         // that carries one is not served rather than answered 200.
         Err(_) => BackendRuntime::Unservable(format!("spec.backend.directResponse.status {}", d.status)),
@@ -299,10 +302,10 @@ impl Gateway {
         })
     }
 
-    /// Compiles and installs a translation's snapshot. In-flight requests
-    /// finish on the snapshot they started with.
-    pub fn install(&self, translation: &Translation) -> Arc<Compiled> {
-        let compiled = Arc::new(Compiled::new(Arc::new(translation.snapshot.clone()), &self.upstreams, &self.metrics));
+    /// Compiles and installs a snapshot. In-flight requests finish on the
+    /// snapshot they started with.
+    pub fn install(&self, snapshot: Snapshot) -> Arc<Compiled> {
+        let compiled = Arc::new(Compiled::new(Arc::new(snapshot), &self.upstreams, &self.metrics));
         let previous = self.current.swap(Some(compiled.clone()));
         // Routes that are gone take their series with them.
         for route in previous.iter().flat_map(|p| &p.snapshot.routes) {

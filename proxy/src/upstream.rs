@@ -343,7 +343,7 @@ pub struct UpstreamSet {
     policy: LoadBalancerPolicy,
     hash_header: Option<HeaderName>,
     request_timeout: Duration,
-    retries: Option<RetryPolicy>,
+    retries: Option<Box<RetryPolicy>>,
     health: Option<PassiveHealthPolicy>,
     /// Budget and round-robin position, shared with earlier snapshots.
     state: Arc<RouteState>,

@@ -917,7 +917,7 @@ async fn shutdown_on_many_workers(workers: usize, warm: usize, slow: usize, grpc
     let dir = support::TempDir::new();
     dir.write("routes.yaml", &route("slow", "/", &[&upstream.url()], ""));
     let gateway = Gateway::new(Limits { shutdown_grace_ms: 10_000, ..Limits::default() }, "test");
-    assert!(standalone::apply(&gateway, &standalone::load(&dir.0)), "the config installs");
+    assert!(standalone::apply(&gateway, standalone::load(&dir.0)), "the config installs");
     let config = ServerConfig {
         http: vec!["127.0.0.1:0".parse().expect("addr")],
         https: Vec::new(),
@@ -1057,7 +1057,7 @@ async fn tls_clients_without_sni_get_the_default_host_or_nothing() {
         let dir = support::TempDir::new();
         dir.write("routes.yaml", &yaml);
         let gateway = Gateway::new(Limits::default(), "test");
-        assert!(standalone::apply(&gateway, &standalone::load(&dir.0)));
+        assert!(standalone::apply(&gateway, standalone::load(&dir.0)));
         let config = ServerConfig {
             http: Vec::new(),
             https: vec!["127.0.0.1:0".parse().expect("addr")],

@@ -111,10 +111,10 @@ async fn readiness_and_status_tell_the_truth_about_the_folder() {
 async fn an_empty_folder_is_not_ready() {
     let dir = TempDir::new();
     let gateway = sluice_proxy::Gateway::new(sluice_proxy::Limits::default(), "test");
-    sluice_proxy::standalone::apply(&gateway, &sluice_proxy::standalone::load(&dir.0));
+    sluice_proxy::standalone::apply(&gateway, sluice_proxy::standalone::load(&dir.0));
     assert!(!gateway.is_ready());
     dir.write("routes.yaml", USERS);
-    sluice_proxy::standalone::apply(&gateway, &sluice_proxy::standalone::load(&dir.0));
+    sluice_proxy::standalone::apply(&gateway, sluice_proxy::standalone::load(&dir.0));
     assert!(gateway.is_ready());
 }
 

@@ -13,8 +13,9 @@ use serde::Deserialize;
 pub struct Inputs {
     /// Tenants (cluster-scoped).
     pub tenants: Vec<Tenant>,
-    /// ApiRoutes.
-    pub routes: Vec<ApiRoute>,
+    /// ApiRoutes, each boxed: a folder or cluster may hold thousands, and a
+    /// growing vector of 1.7 KB values leaves up to half of it unused.
+    pub routes: Vec<Box<ApiRoute>>,
     /// Subscriptions.
     pub subscriptions: Vec<Subscription>,
     /// AiProviders.
@@ -148,7 +149,7 @@ impl Inputs {
             (crds::API_VERSION, "ApiRoute") => {
                 let mut route: ApiRoute = typed(value).map_err(parse_err)?;
                 default_namespace(&mut route.metadata);
-                self.routes.push(route);
+                self.routes.push(Box::new(route));
                 Ok(1)
             }
             (crds::API_VERSION, "Subscription") => {
@@ -205,7 +206,8 @@ impl Inputs {
         }
     }
 
-    /// Moves every object of `other` into `self`.
+    /// Moves every object of `other` into `self` (taking its vectors whole
+    /// where `self` has none yet: no copy of a large file's objects).
     pub fn extend(&mut self, other: Inputs) {
         let Inputs {
             tenants,
@@ -219,15 +221,15 @@ impl Inputs {
             config_maps,
             ages: _,
         } = other;
-        self.tenants.extend(tenants);
-        self.routes.extend(routes);
-        self.subscriptions.extend(subscriptions);
-        self.providers.extend(providers);
-        self.ingresses.extend(ingresses);
-        self.services.extend(services);
-        self.endpoint_slices.extend(endpoint_slices);
-        self.secrets.extend(secrets);
-        self.config_maps.extend(config_maps);
+        join(&mut self.tenants, tenants);
+        join(&mut self.routes, routes);
+        join(&mut self.subscriptions, subscriptions);
+        join(&mut self.providers, providers);
+        join(&mut self.ingresses, ingresses);
+        join(&mut self.services, services);
+        join(&mut self.endpoint_slices, endpoint_slices);
+        join(&mut self.secrets, secrets);
+        join(&mut self.config_maps, config_maps);
     }
 
     /// How many objects there are in all.
@@ -272,6 +274,15 @@ fn field_path(raw: &str) -> String {
         }
     }
     out
+}
+
+/// Appends `more` to `into`, or takes it whole when `into` is empty.
+fn join<T>(into: &mut Vec<T>, more: Vec<T>) {
+    if into.is_empty() {
+        *into = more;
+    } else {
+        into.extend(more);
+    }
 }
 
 #[cfg(test)]

@@ -112,20 +112,20 @@ pub struct Route {
     pub traffic: TrafficPolicy,
     /// Request changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_transform: Option<RequestTransform>,
+    pub request_transform: Option<Box<RequestTransform>>,
     /// Response changes (includes lifecycle headers such as Deprecation
     /// and Sunset under `setHeaders`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_transform: Option<HeaderTransform>,
+    pub response_transform: Option<Box<HeaderTransform>>,
     /// Request rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
+    pub rate_limit: Option<Box<RateLimit>>,
     /// Response cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<CachePolicy>,
+    pub cache: Option<Box<CachePolicy>>,
     /// CORS policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cors: Option<Cors>,
+    pub cors: Option<Box<Cors>>,
     /// Whether WebSocket upgrades are tunnelled.
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub websocket: bool,
@@ -189,7 +189,7 @@ pub struct AuthPolicy {
     pub api_key_query: Option<String>,
     /// JWT verification settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwt: Option<JwtAuth>,
+    pub jwt: Option<Box<JwtAuth>>,
 }
 
 /// Which apps may call a route.
@@ -232,7 +232,7 @@ pub struct AppGrant {
     pub plan: Option<String>,
     /// The plan's rate limit, replacing the route's for this app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
+    pub rate_limit: Option<Box<RateLimit>>,
 }
 
 /// What serves a route.
@@ -245,7 +245,7 @@ pub enum Backend {
         groups: Vec<UpstreamGroup>,
     },
     /// AI models.
-    Ai(AiRoute),
+    Ai(Box<AiRoute>),
     /// A fixed answer from the gateway.
     Direct(DirectResponse),
 }
@@ -355,7 +355,7 @@ pub struct TrafficPolicy {
     pub idle_timeout_ms: u64,
     /// Retries, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retries: Option<RetryPolicy>,
+    pub retries: Option<Box<RetryPolicy>>,
     /// Passive health, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive_health: Option<PassiveHealthPolicy>,
@@ -521,7 +521,7 @@ pub struct Provider {
     pub timeout_ms: u64,
     /// Gateway-wide rate limit on calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
+    pub rate_limit: Option<Box<RateLimit>>,
 }
 
 /// The effective state of a subscription; re-exported for status writers.

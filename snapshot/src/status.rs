@@ -176,7 +176,10 @@ pub struct ObjectStatus {
 impl ObjectStatus {
     /// A status with no conditions yet.
     pub fn new(object: ObjectRef, observed_generation: Option<i64>) -> Self {
-        ObjectStatus { object, observed_generation, conditions: Vec::new(), phase: None, base_url: None, apps: None }
+        // NB: most objects have two or three conditions; a default vector
+        // would grow to four (thousands of routes keep theirs in /status).
+        let conditions = Vec::with_capacity(3);
+        ObjectStatus { object, observed_generation, conditions, phase: None, base_url: None, apps: None }
     }
 
     /// The condition of this type.

@@ -75,9 +75,8 @@ impl Proxy {
         let dir = TempDir::new();
         dir.write("routes.yaml", yaml);
         let gateway = Gateway::new(limits, "test");
-        let seen = standalone::fingerprint(&dir.0);
-        let mut ages = standalone::Ages::default();
-        standalone::apply(&gateway, &standalone::load_with(&dir.0, &mut ages));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (watcher, _) = standalone::watch(gateway.clone(), dir.0.clone(), stop.clone()).expect("config thread");
         let config = ServerConfig {
             http: vec!["127.0.0.1:0".parse().expect("addr")],
             https: if tls { vec!["127.0.0.1:0".parse().expect("addr")] } else { Vec::new() },
@@ -86,8 +85,6 @@ impl Proxy {
             tls_default_host: None,
         };
         let running = sluice_proxy::start(gateway.clone(), &config).expect("proxy starts");
-        let stop = Arc::new(AtomicBool::new(false));
-        let watcher = standalone::watch(gateway.clone(), dir.0.clone(), seen, ages, stop.clone());
         Proxy {
             http: running.http[0],
             https: running.https.first().copied(),

@@ -195,10 +195,18 @@ pub fn services(
 }
 
 pub fn urls(backends: &[UrlBackend]) -> Result<Vec<UpstreamGroup>, Rejection> {
-    backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
+    // NB: sized up front (a collected `Result` starts at four slots): the
+    // snapshot keeps this vector for as long as it is served.
+    let mut groups = Vec::with_capacity(backends.len());
+    for (i, b) in backends.iter().enumerate() {
+        groups.push(url(i, b)?);
+    }
+    Ok(groups)
+}
+
+fn url(i: usize, b: &UrlBackend) -> Result<UpstreamGroup, Rejection> {
+    {
+        {
             let uri = check_url(&b.url).map_err(|e| {
                 Rejection::invalid(reason::INVALID_BACKEND, format!("spec.backend.upstreams[{i}].url {e}."))
             })?;
@@ -220,8 +228,8 @@ pub fn urls(backends: &[UrlBackend]) -> Result<Vec<UpstreamGroup>, Rejection> {
                 tls_options: None,
                 h2c: false,
             })
-        })
-        .collect()
+        }
+    }
 }
 
 pub fn ai(providers: &Providers, namespace: &str, ai: &AiBackend) -> Result<AiRoute, Rejection> {

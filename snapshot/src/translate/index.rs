@@ -76,7 +76,7 @@ impl<'a> Index<'a> {
     pub fn new(inputs: &'a Inputs) -> Self {
         let mut tenants = sorted(&inputs.tenants, |t| &t.metadata);
         tenants.sort_by_cached_key(|t| Age::of(&t.metadata));
-        let mut routes = sorted(&inputs.routes, |r| &r.metadata);
+        let mut routes: Vec<&ApiRoute> = sorted(&inputs.routes, |r| &r.metadata).into_iter().map(|r| &**r).collect();
         routes.sort_by_cached_key(|r| Age::of(&r.metadata));
         let secrets = sorted(&inputs.secrets, |s| &s.metadata);
         let mut slices: BTreeMap<Key<'a>, Vec<&'a EndpointSlice>> = BTreeMap::new();

@@ -137,7 +137,7 @@ fn compile(index: &Index<'_>, tenancy: &Tenancy, provider: &AiProvider, id: &str
         api_key,
         models,
         timeout_ms,
-        rate_limit: spec.rate_limit.clone(),
+        rate_limit: spec.rate_limit.clone().map(Box::new),
     })
 }
 

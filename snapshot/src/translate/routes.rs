@@ -134,11 +134,11 @@ fn compile(
             access: Access { subscription_required: spec.subscription.required || draft, approval, apps: Vec::new() },
             backend,
             traffic,
-            request_transform,
-            response_transform,
-            rate_limit,
-            cache,
-            cors: spec.cors.clone(),
+            request_transform: request_transform.map(Box::new),
+            response_transform: response_transform.map(Box::new),
+            rate_limit: rate_limit.map(Box::new),
+            cache: cache.map(Box::new),
+            cors: spec.cors.clone().map(Box::new),
             websocket: spec.websocket,
             merge_slashes: spec.merge_slashes,
         },
@@ -298,7 +298,7 @@ fn compile_backend(
         return backends::urls(upstreams).map(|groups| Backend::Upstreams { groups });
     }
     if let Some(ai) = &b.ai {
-        return backends::ai(providers, namespace, ai).map(Backend::Ai);
+        return backends::ai(providers, namespace, ai).map(|ai| Backend::Ai(Box::new(ai)));
     }
     match &b.direct_response {
         Some(direct) => {
@@ -397,7 +397,12 @@ fn compile_auth(spec: &ApiRouteSpec) -> Result<AuthPolicy, Rejection> {
         }
         AuthMode::None | AuthMode::ApiKey => None,
     };
-    Ok(AuthPolicy { mode: auth.mode, api_key_header, api_key_query: auth.api_key.query_param.clone(), jwt })
+    Ok(AuthPolicy {
+        mode: auth.mode,
+        api_key_header,
+        api_key_query: auth.api_key.query_param.clone(),
+        jwt: jwt.map(Box::new),
+    })
 }
 
 fn millis(d: &crds::Duration, field: &str) -> Result<u64, Rejection> {
@@ -452,7 +457,7 @@ fn compile_traffic(spec: &ApiRouteSpec) -> Result<TrafficPolicy, Rejection> {
         connect_timeout_ms: millis(&spec.timeouts.connect, "spec.timeouts.connect")?,
         request_timeout_ms: millis(&spec.timeouts.request, "spec.timeouts.request")?,
         idle_timeout_ms: millis(&spec.timeouts.idle, "spec.timeouts.idle")?,
-        retries,
+        retries: retries.map(Box::new),
         passive_health,
     })
 }

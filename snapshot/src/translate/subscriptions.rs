@@ -119,7 +119,7 @@ pub fn translate(index: &Index<'_>, tenancy: &Tenancy, routes: &mut [Route], out
                 app: spec.app.clone(),
                 subscription: Some(object.key()),
                 plan: spec.plan.as_ref().map(|p| p.name.clone()),
-                rate_limit: spec.plan.as_ref().and_then(|p| p.rate_limit.clone()),
+                rate_limit: spec.plan.as_ref().and_then(|p| p.rate_limit.clone()).map(Box::new),
             });
         }
         out.accept(&object, generation);
