@@ -510,3 +510,55 @@ async fn the_quickstart_answers_as_the_readme_says_on_any_ports() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Waits until `/status` satisfies `ok`.
+async fn until_status(proxy: &Proxy, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = get(&proxy.admin_url("/status")).await.json();
+        if ok(&status) {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn unreadable_files_are_reported_and_read_once_readable() {
+    let proxy = Proxy::start(USERS);
+    let load_errors = |s: &serde_json::Value| s["loadErrors"].as_array().cloned().unwrap_or_default();
+    // A config file that cannot be read (a link to nothing yet) is a load
+    // error, and the config served stays.
+    std::os::unix::fs::symlink(proxy.dir.0.join("more.target"), proxy.dir.0.join("more.yaml")).expect("symlink");
+    let status = until_status(&proxy, "the unreadable file is reported", |s| !load_errors(s).is_empty()).await;
+    assert!(load_errors(&status)[0].as_str().is_some_and(|e| e.contains("more.yaml: cannot read")), "{status}");
+    assert_eq!(get(&proxy.url("/users")).await.status, 200);
+    // Made readable without touching the file (the link): read.
+    let more =
+        USERS.replace("name: users", "name: more").replace("/users", "/more").replace("body: users", "body: more");
+    proxy.dir.write("more.target", &more);
+    until_status(&proxy, "the file is read once readable", |s| load_errors(s).is_empty()).await;
+    assert!(until_body(&proxy.url("/more"), "more").await);
+
+    // Permissions are part of what the watcher compares: a file made
+    // readable again is read again though its mtime did not move.
+    use std::os::unix::fs::PermissionsExt;
+    let routes = proxy.dir.0.join("routes.yaml");
+    let before = sluice_proxy::standalone::fingerprint(&proxy.dir.0);
+    std::fs::set_permissions(&routes, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    let after = sluice_proxy::standalone::fingerprint(&proxy.dir.0);
+    assert_ne!(before, after, "a permission change is a change");
+    let mtime = |fp: &sluice_proxy::standalone::Fingerprint| {
+        fp.iter().find(|(p, ..)| *p == routes).map(|(_, _, modified, _)| *modified)
+    };
+    assert_eq!(mtime(&before), mtime(&after), "the mtime did not move");
+    // NB: root reads any file; the refusal is seen only without it.
+    if std::fs::read(&routes).is_err() {
+        until_status(&proxy, "the unreadable file is reported", |s| !load_errors(s).is_empty()).await;
+        assert_eq!(get(&proxy.url("/users")).await.status, 200);
+    }
+    std::fs::set_permissions(&routes, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    until_status(&proxy, "readable again", |s| load_errors(s).is_empty()).await;
+    assert_eq!(get(&proxy.url("/users")).await.status, 200);
+}
