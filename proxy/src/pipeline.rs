@@ -252,6 +252,10 @@ impl Pending<'_> {
         let (mut parts, body) = response.into_parts();
         let ex = &mut self.ex;
         parts.headers.insert(X_REQUEST_ID, ex.request_id_value.clone());
+        // NB: the answer is the gateway's, in its own HTTP version (RFC 9110
+        // §6.2), never the upstream's: an HTTP/1.0 upstream must not make
+        // an HTTP/1.1 client's answer "HTTP/1.0" (and close its connection).
+        parts.version = http::Version::HTTP_11;
         let metrics = match (&self.compiled, self.route) {
             (Some(c), Some(i)) => c.routes[i].metrics.clone(),
             (Some(c), None) => c.unrouted.clone(),

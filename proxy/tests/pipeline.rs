@@ -554,3 +554,41 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     // A later request opens a fresh one and is served.
     assert_eq!(get(&proxy.url("/")).await.text(), "up");
 }
+
+/// An upstream that answers every request in HTTP/1.0, then closes.
+async fn http10_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold!").await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn an_http10_upstream_is_answered_in_the_gateways_own_version() {
+    let (upstream, _task) = http10_upstream().await;
+    let proxy = Proxy::start(&route("old", "/old", &[&format!("http://{upstream}")], ""));
+    // Two requests on one connection: both answered HTTP/1.1, and the
+    // connection stays open for the second.
+    let pair =
+        b"GET /old HTTP/1.1\r\nHost: gw.test\r\n\r\nGET /old HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n";
+    let raw = raw_bytes(proxy.http, pair).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    assert!(!text.contains("HTTP/1.0"), "{text}");
+    assert_eq!(text.matches("old!").count(), 2, "{text}");
+}
