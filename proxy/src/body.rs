@@ -277,6 +277,11 @@ impl Drop for ResponseBody {
 }
 
 impl ResponseBody {
+    /// No body.
+    pub fn empty() -> Self {
+        ResponseBody::full(Bytes::new())
+    }
+
     /// A gateway-made body.
     pub fn full(bytes: Bytes) -> Self {
         ResponseBody::Full(Full::new(bytes))

@@ -35,10 +35,13 @@ pub struct Exchange {
     pub started: Instant,
     /// The matched route's id, once routed.
     pub route_id: Option<Arc<str>>,
-    /// The matched route's tenant.
+    /// The tenant that owns the matched route (not the caller's: see
+    /// [`Exchange::caller`]).
     pub tenant: Option<Arc<str>>,
-    /// The calling app, once authenticated (identity stages set it).
-    pub app: Option<Arc<str>>,
+    /// Who is calling, once a stage has authenticated them.
+    pub caller: Option<Caller>,
+    /// What the stages keep about this request between their hooks.
+    pub state: StageState,
     /// Length of the matched PathPrefix, for prefix rewrites.
     pub prefix_len: Option<usize>,
     /// The upstream group that answered (or failed).
@@ -54,8 +57,6 @@ pub struct Exchange {
     /// What went wrong, in full (upstream addresses, error chains): for the
     /// call log, never for the client.
     pub detail: Option<String>,
-    /// The request's `Origin`, when CORS applies.
-    pub cors_origin: Option<HeaderValue>,
     /// Request body bytes read from the client.
     pub bytes_in: u64,
     /// Bytes of a streamed request body, counted as they are sent.
@@ -65,4 +66,70 @@ pub struct Exchange {
     /// Marks the request in flight on its connection until the response
     /// ends (moved into the record).
     pub activity: Option<crate::conn::ActivityGuard>,
+}
+
+/// Request headers that carry the caller's identity to the upstream all
+/// start with this; a client's own are removed at ingress.
+pub const IDENTITY_PREFIX: &str = "x-sluice-";
+
+/// An authenticated caller: an app of a tenant. Set by the identity stages
+/// only (never from a request header: ingress strips the `x-sluice-`
+/// headers a client sends), and told to the upstream in those headers.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The caller's tenant (may differ from the route's).
+    pub tenant: Arc<str>,
+    /// The caller's app.
+    pub app: Arc<str>,
+    /// Which credential: an API key's id, or a token's subject.
+    pub credential: Option<Arc<str>>,
+    /// How the caller proved who they are.
+    pub method: AuthMethod,
+}
+
+/// How a caller was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// An API key.
+    ApiKey,
+    /// A JSON Web Token.
+    Jwt,
+}
+
+impl Caller {
+    /// Tells the upstream who is calling: `x-sluice-tenant`,
+    /// `x-sluice-app` and `x-sluice-auth` (`api-key` or `jwt`).
+    pub fn to_headers(&self, headers: &mut http::HeaderMap) {
+        use http::header::HeaderName;
+        const TENANT: HeaderName = HeaderName::from_static("x-sluice-tenant");
+        const APP: HeaderName = HeaderName::from_static("x-sluice-app");
+        const AUTH: HeaderName = HeaderName::from_static("x-sluice-auth");
+        // NB: tenant and app names are DNS labels (CRD validation), so
+        // always valid header values.
+        if let Ok(tenant) = HeaderValue::from_str(&self.tenant) {
+            headers.insert(TENANT, tenant);
+        }
+        if let Ok(app) = HeaderValue::from_str(&self.app) {
+            headers.insert(APP, app);
+        }
+        headers.insert(AUTH, HeaderValue::from_static(self.method.as_str()));
+    }
+}
+
+impl AuthMethod {
+    /// The name logged and sent upstream.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ApiKey => "api-key",
+            AuthMethod::Jwt => "jwt",
+        }
+    }
+}
+
+/// Per-request state of the stages, one typed field per need (no map, no
+/// allocation for a stage that keeps nothing).
+#[derive(Debug, Default)]
+pub struct StageState {
+    /// The request's `Origin`, when the route's CORS policy allows it.
+    pub cors_origin: Option<HeaderValue>,
 }

@@ -56,6 +56,7 @@ pub fn admit(parts: &mut request::Parts) -> Result<Admitted, ProxyError> {
     let (host, authority) = authority(parts)?;
     let unmerged = normalize_target(parts)?;
     strip_hop_by_hop(&mut parts.headers, websocket);
+    strip_identity(&mut parts.headers);
     if websocket {
         parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
@@ -63,6 +64,19 @@ pub fn admit(parts: &mut request::Parts) -> Result<Admitted, ProxyError> {
         join_cookies(&mut parts.headers);
     }
     Ok(Admitted { host, authority, websocket, unmerged })
+}
+
+/// Removes the `x-sluice-` headers a client sent: those are the
+/// gateway's word to the upstream about who is calling, and only an
+/// identity stage may set them ([`crate::exchange::Caller`]).
+pub fn strip_identity(headers: &mut HeaderMap) {
+    let prefix = crate::exchange::IDENTITY_PREFIX.as_bytes();
+    // NB: one pass over the names; most requests carry none.
+    let sent: Vec<HeaderName> =
+        headers.keys().filter(|name| name.as_str().as_bytes().get(..prefix.len()) == Some(prefix)).cloned().collect();
+    for name in sent {
+        headers.remove(name);
+    }
 }
 
 fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), ProxyError> {

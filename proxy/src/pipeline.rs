@@ -78,7 +78,8 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
         started,
         route_id: None,
         tenant: None,
-        app: None,
+        caller: None,
+        state: Default::default(),
         prefix_len: None,
         upstream: None,
         endpoint: None,
@@ -86,7 +87,6 @@ pub async fn handle(gateway: &Gateway, conn: Connection, req: Request<Incoming>)
         upstream_latency: None,
         error: None,
         detail: None,
-        cors_origin: None,
         bytes_in: 0,
         bytes_in_streamed: None,
         snapshot_version: current.as_ref().map(|c| c.version.clone()).unwrap_or_else(|| Arc::from("")),
@@ -265,7 +265,7 @@ impl Pending<'_> {
             request_id: std::mem::take(&mut ex.request_id),
             route: ex.route_id.take(),
             tenant: ex.tenant.take(),
-            app: ex.app.take(),
+            app: ex.caller.as_ref().map(|c| c.app.clone()),
             client_ip: ex.client_ip.clone(),
             method: ex.method.clone(),
             host: std::mem::take(&mut ex.host),
@@ -283,6 +283,11 @@ impl Pending<'_> {
             snapshot: ex.snapshot_version.clone(),
             activity: ex.activity.take(),
             metrics,
+            caller: ex.caller.take(),
+            finish_hooks: match (&self.compiled, self.route) {
+                (Some(c), Some(i)) if c.routes[i].wants_finish => Some((c.clone(), i)),
+                _ => None,
+            },
         };
         Response::from_parts(parts, RecordBody::new(body, record))
     }
@@ -322,9 +327,16 @@ async fn run(
     let mut early = None;
     for stage in &route.stages {
         ran += 1;
-        if let Flow::Respond(response) = stage.on_request(ex, &mut parts) {
-            early = Some(response.map(ResponseBody::full));
-            break;
+        match stage.on_request(ex, &mut parts).await {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Respond(response)) => {
+                early = Some(*response);
+                break;
+            }
+            Err(error) => {
+                early = Some(error_response(ex, &error));
+                break;
+            }
         }
     }
     let response = match early {
@@ -352,7 +364,7 @@ async fn run(
 /// Runs the response hooks of the first `ran` stages, last first.
 fn respond_through(
     route: &RouteRuntime,
-    ex: &Exchange,
+    ex: &mut Exchange,
     response: Response<ResponseBody>,
     ran: usize,
 ) -> Response<ResponseBody> {

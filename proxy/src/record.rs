@@ -39,6 +39,11 @@ pub struct Record {
     pub metrics: Arc<RouteMetrics>,
     /// Ends the request's activity on its connection when dropped.
     pub activity: Option<crate::conn::ActivityGuard>,
+    /// The caller, when a stage authenticated one.
+    pub caller: Option<crate::exchange::Caller>,
+    /// The route whose stages want the outcome ([`crate::stages::Stage::on_finish`]),
+    /// kept only when one does.
+    pub finish_hooks: Option<(Arc<crate::state::Compiled>, usize)>,
 }
 
 impl Record {
@@ -51,6 +56,19 @@ impl Record {
             None => self.bytes_in,
         };
         self.metrics.record(self.status, elapsed.as_secs_f64(), bytes_in, bytes_out);
+        if let Some((compiled, route)) = &self.finish_hooks {
+            let outcome = crate::stages::Outcome {
+                status: self.status,
+                error: self.error,
+                bytes_in,
+                bytes_out,
+                duration: elapsed,
+                caller: self.caller.as_ref(),
+            };
+            for stage in &compiled.routes[*route].stages {
+                stage.on_finish(&outcome);
+            }
+        }
         if !calllog::enabled() {
             return;
         }

@@ -99,7 +99,9 @@ pub struct RouteRuntime {
     /// Owning tenant.
     pub tenant: Option<Arc<str>>,
     /// Stages in waterfall order.
-    pub stages: Vec<Box<dyn Stage>>,
+    pub stages: Vec<Stage>,
+    /// Whether a stage wants the outcome once the request is over.
+    pub wants_finish: bool,
     /// The backend.
     pub backend: BackendRuntime,
     /// Whether the backend retries (so small bodies are buffered).
@@ -143,10 +145,12 @@ impl Compiled {
             .iter()
             .map(|route| {
                 let backend = compile_backend(&snapshot, route, upstreams, metrics);
+                let stages = stages::compile(stages::Context { snapshot: &snapshot, route });
                 RouteRuntime {
                     id: Arc::from(route.id.as_str()),
                     tenant: route.tenant.as_deref().map(Arc::from),
-                    stages: stages::compile(route),
+                    wants_finish: stages.iter().any(Stage::wants_finish),
+                    stages,
                     backend,
                     retries: route.traffic.retries.as_ref().is_some_and(|r| r.attempts > 0),
                     websocket: route.websocket,

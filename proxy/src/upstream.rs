@@ -760,6 +760,9 @@ pub fn forwarding_headers(ex: &Exchange, version: Version, headers: &mut http::H
         headers.remove(header::FORWARDED);
         headers.remove(X_REAL_IP);
     }
+    if let Some(caller) = &ex.caller {
+        caller.to_headers(headers);
+    }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(ex.scheme));
     if let Some(authority) = &ex.authority {
         headers.insert(X_FORWARDED_HOST, authority.clone());

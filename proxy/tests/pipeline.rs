@@ -121,6 +121,8 @@ async fn forwarding_headers_and_transforms() {
             .header("x-forwarded-for", "203.0.113.9")
             .header("connection", "keep-alive, x-hop")
             .header("x-hop", "drop me")
+            .header("x-sluice-tenant", "someone-else")
+            .header("X-Sluice-App", "not-me")
             .body(Full::new(Bytes::new()))
             .expect("req"),
     )
@@ -138,6 +140,8 @@ async fn forwarding_headers_and_transforms() {
     assert_eq!(h("x-added").as_deref(), Some("yes"));
     assert_eq!(h("x-debug"), None);
     assert_eq!(h("x-hop"), None, "headers named in Connection are removed");
+    // Identity headers are the gateway's word only: a client's never pass.
+    assert!(seen.headers.keys().all(|name| !name.as_str().starts_with("x-sluice-")), "{:?}", seen.headers);
     // The client is no trusted proxy: its X-Forwarded-For is replaced.
     assert_eq!(h("x-forwarded-for").as_deref(), Some("127.0.0.1"));
     assert_eq!(h("x-forwarded-proto").as_deref(), Some("http"));

@@ -159,3 +159,30 @@ fn the_client_is_the_first_untrusted_hop_from_the_right() {
     headers.insert("x-forwarded-for", HeaderValue::from_static("10.9.9.9, 10.1.2.3"));
     assert_eq!(client_ip(local, &headers, &trusted).to_string(), "10.9.9.9");
 }
+
+#[test]
+fn a_clients_identity_headers_are_removed() {
+    let mut p = parts(
+        get("/x")
+            .header("host", "a")
+            .header("x-sluice-tenant", "other")
+            .header("x-sluice-app", "other-app")
+            .header("x-sluicer", "kept")
+            .body(())
+            .expect("request"),
+    );
+    admit(&mut p).expect("admitted");
+    assert!(!p.headers.contains_key("x-sluice-tenant") && !p.headers.contains_key("x-sluice-app"));
+    assert_eq!(p.headers.get("x-sluicer").expect("kept"), "kept");
+    // What the gateway sends instead, once a stage knows the caller.
+    let caller = crate::exchange::Caller {
+        tenant: "team-a".into(),
+        app: "billing".into(),
+        credential: None,
+        method: crate::exchange::AuthMethod::ApiKey,
+    };
+    caller.to_headers(&mut p.headers);
+    assert_eq!(p.headers.get("x-sluice-tenant").expect("tenant"), "team-a");
+    assert_eq!(p.headers.get("x-sluice-app").expect("app"), "billing");
+    assert_eq!(p.headers.get("x-sluice-auth").expect("auth"), "api-key");
+}

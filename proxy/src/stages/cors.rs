@@ -1,10 +1,10 @@
 //! CORS: answers preflight requests itself and adds the
 //! `Access-Control-*` headers to answers for allowed origins.
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header, request, response};
 
-use super::{Flow, Stage};
+use super::Flow;
+use crate::body::ResponseBody;
 use crate::exchange::Exchange;
 
 /// A route's CORS policy.
@@ -63,12 +63,8 @@ impl Cors {
     }
 }
 
-impl Stage for Cors {
-    fn name(&self) -> &'static str {
-        "cors"
-    }
-
-    fn on_request(&self, ex: &mut Exchange, req: &mut request::Parts) -> Flow {
+impl Cors {
+    pub fn on_request(&self, ex: &mut Exchange, req: &mut request::Parts) -> Flow {
         let Some(origin) = req.headers.get(header::ORIGIN).cloned() else { return Flow::Continue };
         if !self.allows(&origin) {
             return Flow::Continue;
@@ -76,7 +72,7 @@ impl Stage for Cors {
         let preflight =
             req.method == Method::OPTIONS && req.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         if preflight {
-            let mut res = Response::new(Bytes::new());
+            let mut res = Response::new(ResponseBody::empty());
             *res.status_mut() = StatusCode::NO_CONTENT;
             let h = res.headers_mut();
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, self.allow_origin_value(&origin));
@@ -98,14 +94,14 @@ impl Stage for Cors {
                 h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
             }
             h.append(header::VARY, HeaderValue::from_static("Origin"));
-            return Flow::Respond(res);
+            return Flow::Respond(Box::new(res));
         }
-        ex.cors_origin = Some(origin);
+        ex.state.cors_origin = Some(origin);
         Flow::Continue
     }
 
-    fn on_response(&self, ex: &Exchange, res: &mut response::Parts) {
-        let Some(origin) = &ex.cors_origin else { return };
+    pub fn on_response(&self, ex: &Exchange, res: &mut response::Parts) {
+        let Some(origin) = &ex.state.cors_origin else { return };
         let h = &mut res.headers;
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, self.allow_origin_value(origin));
         if let Some(v) = &self.expose_headers {

@@ -1,22 +1,31 @@
-//! The waterfall's stages: each a small type behind [`Stage`], compiled per
-//! route so a route pays only for the stages it uses, and ordered here, in
-//! [`compile`], and nowhere else.
+//! The waterfall's stages: a closed set of small types behind the
+//! [`Stage`] enum (dispatched by `match`, no box or virtual call), compiled
+//! per route so a route pays only for the stages it has, and ordered here,
+//! in [`compile`], and nowhere else.
 //!
 //! ```text
-//!   accept ─> route ─> cors ─> [authenticate] ─> [authorize] ─> [limit] ─> [cache]
-//!                       │                                                     │
-//!                       │   on_request, in order; any stage may answer early  v
-//!                       │                                            request_transform
-//!                       │                                                     │
-//!                       │                              backend: direct answer, or
-//!                       │                              balance + upstream call (retries,
-//!                       │                              passive health), or AI
-//!                       v                                                     │
-//!   record <─ cors <─ response_transform <─────── on_response, in reverse ────┘
+//!   route ─> cors ─> [authenticate] ─> [authorize] ─> [limit] ─> [cache] ─> request_transform
+//!             │   on_request (async, fallible), in order:                      │
+//!             │   Continue | Respond(answer, any body) | Err(ProxyError)       v
+//!             │          │                 │                      backend: direct answer,
+//!             │          │ early answer    │ error -> problem     balance + upstream call
+//!             │          v                 v                      (retries, health), or AI
+//!             │        answer            answer                               │
+//!             v                                                                v
+//!   record <─ cors <─ response_transform <──────── on_response, in reverse ────┘
+//!     │         (only the stages whose on_request ran)
+//!     └─ on_finish(outcome), in order, once the answer is sent or the client gone
 //! ```
 //!
+//! Every stage is compiled with a [`Context`]: its route and the whole
+//! snapshot (keys, tenants and providers are snapshot-wide). Per-request
+//! state lives in typed fields of [`crate::exchange::StageState`]; the
+//! caller's identity in [`crate::exchange::Caller`], never in a header a
+//! client could send (ingress strips `x-sluice-*`).
+//!
 //! `record` is not a stage in the list: it wraps the response body and runs
-//! for every request, answered early or not, when the body ends.
+//! for every request, answered early or not, when the body ends; it calls
+//! [`Stage::on_finish`] of routes that have a stage wanting the outcome.
 //!
 //! The bracketed stages arrive with the identity and limits work; they slot
 //! into [`compile`] between `cors` and `request_transform`. Lifecycle is
@@ -28,10 +37,11 @@ mod cors;
 mod request_transform;
 mod response_transform;
 
-use bytes::Bytes;
 use http::{Response, request, response};
-use snapshot::Route;
+use snapshot::{Route, Snapshot};
 
+use crate::body::ResponseBody;
+use crate::errors::ProxyError;
 use crate::exchange::Exchange;
 
 /// What a request hook decided.
@@ -39,43 +49,118 @@ use crate::exchange::Exchange;
 pub enum Flow {
     /// Go on to the next stage.
     Continue,
-    /// Answer now; later request hooks and the backend are skipped, the
-    /// response hooks of the stages that already ran still run.
-    Respond(Response<Bytes>),
+    /// Answer now, with any body (a fixed one or a stream); later request
+    /// hooks and the backend are skipped, the response hooks of the stages
+    /// that already ran still run. (Boxed: a response is large and most
+    /// requests continue.)
+    Respond(Box<Response<ResponseBody>>),
 }
 
-/// One step of the waterfall.
-pub trait Stage: Send + Sync + std::fmt::Debug {
-    /// The stage's name, for logs.
-    fn name(&self) -> &'static str;
+/// What every stage is compiled with: the route, and the snapshot it
+/// belongs to (for snapshot-wide lookups: tenants, keys, providers).
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The snapshot being compiled.
+    pub snapshot: &'a Snapshot,
+    /// The route whose stages these are.
+    pub route: &'a Route,
+}
 
-    /// Runs on the request, in stage order, before the backend. The default
-    /// does nothing and continues.
-    fn on_request(&self, _ex: &mut Exchange, _req: &mut request::Parts) -> Flow {
-        Flow::Continue
+/// How a request ended, for [`Stage::on_finish`].
+#[derive(Debug)]
+pub struct Outcome<'a> {
+    /// The status sent (499 when the client went away first).
+    pub status: u16,
+    /// The error type, if the request ended in one.
+    pub error: Option<&'static str>,
+    /// Request body bytes read.
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// From arrival to the end of the response.
+    pub duration: std::time::Duration,
+    /// Who called, when a stage found out.
+    pub caller: Option<&'a crate::exchange::Caller>,
+}
+
+/// One step of the waterfall. A closed set dispatched by `match`: no
+/// virtual call and no box per stage, and a route pays only for the stages
+/// it has.
+#[derive(Debug)]
+pub enum Stage {
+    /// CORS: preflights answered, headers on allowed origins' answers.
+    Cors(cors::Cors),
+    /// Request headers, path and query.
+    RequestTransform(request_transform::RequestTransform),
+    /// Response headers (and a Deprecated route's lifecycle headers).
+    ResponseTransform(response_transform::ResponseTransform),
+}
+
+impl Stage {
+    /// The stage's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage::Cors(_) => "cors",
+            Stage::RequestTransform(_) => "request_transform",
+            Stage::ResponseTransform(_) => "response_transform",
+        }
+    }
+
+    /// Runs on the request, in stage order, before the backend. An error
+    /// becomes the answer (a problem document), as an early answer does.
+    pub async fn on_request(&self, ex: &mut Exchange, req: &mut request::Parts) -> Result<Flow, ProxyError> {
+        match self {
+            Stage::Cors(stage) => Ok(stage.on_request(ex, req)),
+            Stage::RequestTransform(stage) => stage.on_request(ex, req),
+            Stage::ResponseTransform(_) => Ok(Flow::Continue),
+        }
     }
 
     /// Runs on the response, in reverse stage order, whoever produced it
-    /// (the backend, an early answer, or an error). The default does nothing.
-    fn on_response(&self, _ex: &Exchange, _res: &mut response::Parts) {}
+    /// (the backend, an early answer, or an error).
+    pub fn on_response(&self, ex: &mut Exchange, res: &mut response::Parts) {
+        match self {
+            Stage::Cors(stage) => stage.on_response(ex, res),
+            Stage::RequestTransform(_) => {}
+            Stage::ResponseTransform(stage) => stage.on_response(res),
+        }
+    }
+
+    /// Runs once the request is over, whatever happened (the answer sent
+    /// in full, an error, or the client gone), in stage order.
+    pub fn on_finish(&self, _outcome: &Outcome<'_>) {
+        match self {
+            Stage::Cors(_) | Stage::RequestTransform(_) | Stage::ResponseTransform(_) => {}
+        }
+    }
+
+    /// Whether [`Stage::on_finish`] does anything, so the record stage
+    /// keeps the route's stages only when one needs the outcome.
+    pub fn wants_finish(&self) -> bool {
+        match self {
+            Stage::Cors(_) | Stage::RequestTransform(_) | Stage::ResponseTransform(_) => false,
+        }
+    }
 }
 
 /// The stages one route needs, in waterfall order.
-pub fn compile(route: &Route) -> Vec<Box<dyn Stage>> {
-    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+pub fn compile(cx: Context<'_>) -> Vec<Stage> {
+    let route = cx.route;
+    let mut stages = Vec::new();
     // CORS first: a preflight is answered before authentication, since
     // browsers send it without credentials.
     if let Some(cors) = &route.cors {
-        stages.push(Box::new(cors::Cors::new(cors, &route.matches)));
+        stages.push(Stage::Cors(cors::Cors::new(cors, &route.matches)));
     }
     if let Some(t) = &route.request_transform {
-        stages.push(Box::new(request_transform::RequestTransform::new(t)));
+        stages.push(Stage::RequestTransform(request_transform::RequestTransform::new(t)));
     }
     // Last in the list, so its response hook runs first: the route's own
     // header changes apply to the upstream's answer before CORS adds its own.
     if let Some(t) = &route.response_transform {
-        stages.push(Box::new(response_transform::ResponseTransform::new(t)));
+        stages.push(Stage::ResponseTransform(response_transform::ResponseTransform::new(t)));
     }
+    stages.shrink_to_fit();
     stages
 }
 

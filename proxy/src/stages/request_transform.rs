@@ -3,7 +3,8 @@
 use http::{HeaderName, HeaderValue, Uri, request};
 use snapshot::PathRewrite;
 
-use super::{Flow, Stage, headers};
+use super::{Flow, headers};
+use crate::errors::ProxyError;
 use crate::exchange::Exchange;
 
 /// Sets, adds and removes request headers; rewrites the path; sets and
@@ -79,12 +80,8 @@ fn encode(s: &str) -> String {
     out
 }
 
-impl Stage for RequestTransform {
-    fn name(&self) -> &'static str {
-        "request_transform"
-    }
-
-    fn on_request(&self, ex: &mut Exchange, req: &mut request::Parts) -> Flow {
+impl RequestTransform {
+    pub fn on_request(&self, ex: &mut Exchange, req: &mut request::Parts) -> Result<Flow, ProxyError> {
         headers::apply(&mut req.headers, &self.set, &self.add, &self.remove);
         let path = req.uri.path();
         let new_path = self.new_path(ex, path);
@@ -99,19 +96,13 @@ impl Stage for RequestTransform {
             match path_and_query.parse() {
                 Ok(pq) => parts.path_and_query = Some(pq),
                 Err(_) => {
-                    return Flow::Respond(crate::errors::problem(
-                        http::StatusCode::BAD_REQUEST,
-                        "bad-request",
-                        "Bad request",
-                        "the rewritten path is not a valid URI path",
-                        &ex.request_id,
-                    ));
+                    return Err(ProxyError::BadRequest("the rewritten path is not a valid URI path".into()));
                 }
             }
             if let Ok(uri) = Uri::from_parts(parts) {
                 req.uri = uri;
             }
         }
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }

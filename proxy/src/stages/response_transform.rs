@@ -2,8 +2,7 @@
 
 use http::{HeaderName, HeaderValue, response};
 
-use super::{Stage, headers};
-use crate::exchange::Exchange;
+use super::headers;
 
 /// Sets, adds and removes response headers.
 #[derive(Debug)]
@@ -23,12 +22,8 @@ impl ResponseTransform {
     }
 }
 
-impl Stage for ResponseTransform {
-    fn name(&self) -> &'static str {
-        "response_transform"
-    }
-
-    fn on_response(&self, _ex: &Exchange, res: &mut response::Parts) {
+impl ResponseTransform {
+    pub fn on_response(&self, res: &mut response::Parts) {
         headers::apply(&mut res.headers, &self.set, &self.add, &self.remove);
     }
 }
