@@ -105,6 +105,9 @@ where
     let task = tokio::spawn(conn);
     let mut replies = Vec::new();
     for request in requests {
+        // NB: the connection takes the next request only once it has seen
+        // the previous answer end; sending before that is refused.
+        step("HTTP/1.1 ready", sender.ready()).await.expect("the connection is ready");
         let response = step("HTTP/1.1 response", sender.send_request(request)).await.expect("a response");
         replies.push(Reply::read(response).await);
     }
