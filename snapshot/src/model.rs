@@ -203,6 +203,20 @@ pub struct Access {
     /// Apps with access (approved subscriptions and the owner's own apps),
     /// sorted by tenant then app.
     pub apps: Vec<AppGrant>,
+    /// Apps whose subscription waits for an approver, sorted by tenant then
+    /// app (so a caller is told to wait rather than to subscribe).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<AppRef>,
+}
+
+/// An app of a tenant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRef {
+    /// The app's tenant.
+    pub tenant: String,
+    /// The app.
+    pub app: String,
 }
 
 impl Access {
@@ -212,6 +226,11 @@ impl Access {
             .binary_search_by(|g| (g.tenant.as_str(), g.app.as_str()).cmp(&(tenant, app)))
             .ok()
             .map(|i| &self.apps[i])
+    }
+
+    /// Whether one app's subscription waits for an approver.
+    pub fn is_pending(&self, tenant: &str, app: &str) -> bool {
+        self.pending.binary_search_by(|p| (p.tenant.as_str(), p.app.as_str()).cmp(&(tenant, app))).is_ok()
     }
 }
 
@@ -533,8 +552,10 @@ pub type SubscriptionPhase = ApprovalState;
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "camelCase")]
 pub enum Feature {
-    /// `spec.auth.mode` other than None: API keys or JWTs.
-    Auth,
+    /// `spec.auth.mode: ApiKey`: API keys.
+    ApiKeys,
+    /// `spec.auth.mode: Jwt` or `ApiKeyOrJwt`: JSON Web Tokens.
+    Jwt,
     /// `spec.subscription.required`: only subscribed apps may call.
     Subscriptions,
     /// `spec.lifecycle.state: Draft`: only the owning tenant's apps may call.
@@ -554,7 +575,8 @@ impl Feature {
     /// The field that asks for the feature, for messages.
     pub fn field(self) -> &'static str {
         match self {
-            Feature::Auth => "spec.auth.mode",
+            Feature::ApiKeys => "spec.auth.mode: ApiKey",
+            Feature::Jwt => "spec.auth.mode: Jwt",
             Feature::Subscriptions => "spec.subscription.required",
             Feature::DraftAccess => "spec.lifecycle.state: Draft",
             Feature::RateLimit => "spec.rateLimit",
@@ -578,8 +600,10 @@ impl Snapshot {
             // Answered 410 for everyone: there is nothing to protect.
             return out;
         }
-        if route.auth.mode != AuthMode::None {
-            out.push(Feature::Auth);
+        match route.auth.mode {
+            AuthMode::None => {}
+            AuthMode::ApiKey => out.push(Feature::ApiKeys),
+            AuthMode::Jwt | AuthMode::ApiKeyOrJwt => out.push(Feature::Jwt),
         }
         if route.access.subscription_required {
             out.push(Feature::Subscriptions);

@@ -89,6 +89,8 @@ pub mod reason {
     pub const ROUTE_NOT_ACCEPTED: &str = "RouteNotAccepted";
     /// A referenced route is a Draft, open to its own tenant only.
     pub const ROUTE_NOT_PUBLISHED: &str = "RouteNotPublished";
+    /// A subscription of another tenant's app to a Private route.
+    pub const ROUTE_PRIVATE: &str = "RoutePrivate";
     /// The namespace belongs to no tenant.
     pub const NO_TENANT: &str = "NoTenant";
     /// The app is not one of the tenant's apps.

@@ -131,7 +131,12 @@ fn compile(
             hosts,
             matches,
             auth,
-            access: Access { subscription_required: spec.subscription.required || draft, approval, apps: Vec::new() },
+            access: Access {
+                subscription_required: spec.subscription.required || draft,
+                approval,
+                apps: Vec::new(),
+                pending: Vec::new(),
+            },
             backend,
             traffic,
             request_transform: request_transform.map(Box::new),

@@ -2,12 +2,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crds::{ApprovalMode, ApprovalState, LifecycleState};
+use crds::{ApprovalMode, ApprovalState, LifecycleState, Visibility};
 
 use super::Output;
 use super::index::{Index, names};
 use super::tenants::{Tenancy, check_rate_limit};
-use crate::model::{AppGrant, Route};
+use crate::model::{AppGrant, AppRef, Route};
 use crate::status::{ObjectRef, Rejection, reason};
 
 /// Fills every route's access list: the owner's own apps, then apps with an
@@ -111,9 +111,24 @@ pub fn translate(index: &Index<'_>, tenancy: &Tenancy, routes: &mut [Route], out
             );
             continue;
         }
-        if phase == ApprovalState::Approved
-            && !route.access.apps.iter().any(|g| g.tenant == tenant.name && g.app == spec.app)
-        {
+        // NB: no identity of another tenant ever reaches a Private route,
+        // whatever an approver said.
+        if route.visibility == Visibility::Private && route.tenant.as_deref() != Some(tenant.name.as_str()) {
+            out.reject(
+                &object,
+                generation,
+                Rejection::unresolved(
+                    reason::ROUTE_PRIVATE,
+                    format!("spec.route: ApiRoute {route_id} is Private, callable only by its own tenant's apps."),
+                ),
+            );
+            continue;
+        }
+        let granted = route.access.apps.iter().any(|g| g.tenant == tenant.name && g.app == spec.app);
+        if phase == ApprovalState::Pending && !granted {
+            route.access.pending.push(AppRef { tenant: tenant.name.clone(), app: spec.app.clone() });
+        }
+        if phase == ApprovalState::Approved && !granted {
             route.access.apps.push(AppGrant {
                 tenant: tenant.name.clone(),
                 app: spec.app.clone(),
@@ -127,5 +142,11 @@ pub fn translate(index: &Index<'_>, tenancy: &Tenancy, routes: &mut [Route], out
 
     for route in routes.iter_mut() {
         route.access.apps.sort_by(|a, b| (&a.tenant, &a.app).cmp(&(&b.tenant, &b.app)));
+        // An app approved by one subscription is not also pending by another.
+        let access = &mut route.access;
+        access.pending.sort();
+        access.pending.dedup();
+        let apps = &access.apps;
+        access.pending.retain(|p| !apps.iter().any(|g| g.tenant == p.tenant && g.app == p.app));
     }
 }
