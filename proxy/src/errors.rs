@@ -98,6 +98,25 @@ pub enum ProxyError {
         /// The requested host.
         host: String,
     },
+    /// The caller did not prove who they are: no credential, an unknown
+    /// one, or one presented wrongly. Answered 401 with
+    /// `WWW-Authenticate`.
+    #[error("{detail}")]
+    Unauthorized {
+        /// The problem type (`missing-credentials`, `invalid-api-key`...).
+        kind: &'static str,
+        /// What the caller is told.
+        detail: String,
+    },
+    /// The caller is known but may not call this route.
+    #[error("{detail}")]
+    Forbidden {
+        /// The problem type (`subscription-required`,
+        /// `subscription-pending`, `forbidden`).
+        kind: &'static str,
+        /// What the caller is told.
+        detail: String,
+    },
 }
 
 impl ProxyError {
@@ -118,6 +137,7 @@ impl ProxyError {
             ProxyError::RequestTimeout { .. } => "request-timeout",
             ProxyError::ClientClosed => "client-closed",
             ProxyError::Misdirected { .. } => "misdirected-request",
+            ProxyError::Unauthorized { kind, .. } | ProxyError::Forbidden { kind, .. } => kind,
         }
     }
 
@@ -138,6 +158,8 @@ impl ProxyError {
             // never sent.
             ProxyError::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -151,7 +173,9 @@ impl ProxyError {
             | ProxyError::UriTooLong { .. }
             | ProxyError::RequestTimeout { .. }
             | ProxyError::ClientClosed
-            | ProxyError::Misdirected { .. } => ErrorSource::Downstream,
+            | ProxyError::Misdirected { .. }
+            | ProxyError::Unauthorized { .. }
+            | ProxyError::Forbidden { .. } => ErrorSource::Downstream,
             ProxyError::NoHealthyEndpoint { .. }
             | ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. } => ErrorSource::Upstream,
@@ -174,6 +198,10 @@ impl ProxyError {
             ProxyError::RequestTimeout { .. } => "Request timeout",
             ProxyError::ClientClosed => "Client closed request",
             ProxyError::Misdirected { .. } => "Misdirected request",
+            ProxyError::Unauthorized { .. } => "Unauthorized",
+            ProxyError::Forbidden { kind: "subscription-pending", .. } => "Subscription pending",
+            ProxyError::Forbidden { kind: "subscription-required", .. } => "Subscription required",
+            ProxyError::Forbidden { .. } => "Forbidden",
         }
     }
 
@@ -197,7 +225,14 @@ impl ProxyError {
 
     /// The problem document answering this error.
     pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
-        problem(self.status(), self.kind(), self.title(), &self.public_detail(), request_id)
+        let mut response = problem(self.status(), self.kind(), self.title(), &self.public_detail(), request_id);
+        if let ProxyError::Unauthorized { .. } = self {
+            // NB: an API key may come as a bearer token too (RFC 6750).
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice\""));
+        }
+        response
     }
 }
 

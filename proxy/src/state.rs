@@ -140,12 +140,13 @@ impl Compiled {
     /// Compiles a snapshot, reusing the pools and endpoint states in
     /// `upstreams`.
     pub fn new(snapshot: Arc<Snapshot>, upstreams: &Upstreams, metrics: &Metrics) -> Compiled {
+        let keys = Arc::new(stages::KeyIndex::new(&snapshot.api_keys));
         let routes: Vec<RouteRuntime> = snapshot
             .routes
             .iter()
             .map(|route| {
                 let backend = compile_backend(&snapshot, route, upstreams, metrics);
-                let stages = stages::compile(stages::Context { snapshot: &snapshot, route });
+                let stages = stages::compile(stages::Context { snapshot: &snapshot, route, keys: &keys });
                 RouteRuntime {
                     id: Arc::from(route.id.as_str()),
                     tenant: route.tenant.as_deref().map(Arc::from),
@@ -207,7 +208,7 @@ fn compile_backend(
 
 /// The features this proxy enforces. A route that needs any other is not
 /// served (fail closed): see [`unsupported`].
-pub const SUPPORTED_FEATURES: &[Feature] = &[];
+pub const SUPPORTED_FEATURES: &[Feature] = &[Feature::ApiKeys, Feature::Subscriptions, Feature::DraftAccess];
 
 /// The fields of `route` that ask for something this proxy cannot
 /// enforce, comma-separated; empty when it can serve the route.

@@ -44,14 +44,20 @@ async fn routes_with_policies_this_proxy_cannot_enforce_answer_503_and_say_why()
     let secure = Upstream::named("secure").await;
     let fallback = Upstream::named("fallback").await;
     let yaml = [
-        route("secure", "/secure", &[&secure.url()], "  auth: { mode: ApiKey }\n"),
+        route(
+            "secure",
+            "/secure",
+            &[&secure.url()],
+            "  auth: { mode: Jwt, jwt: { issuer: https://issuer.test, jwksUri: http://127.0.0.1:9/jwks } }\n",
+        ),
         route("limited", "/limited", &[&secure.url()], "  rateLimit: { requests: 10, period: Minute }\n"),
         route("cached", "/cached", &[&secure.url()], "  cache: { ttl: 30s }\n"),
         route("fallback", "/", &[&fallback.url()], ""),
     ]
     .concat();
     let proxy = Proxy::start(&yaml);
-    for (path, field) in [("/secure/x", "spec.auth.mode"), ("/limited", "spec.rateLimit"), ("/cached/y", "spec.cache")]
+    for (path, field) in
+        [("/secure/x", "spec.auth.mode: Jwt"), ("/limited", "spec.rateLimit"), ("/cached/y", "spec.cache")]
     {
         let answer = get(&proxy.url(path)).await;
         assert_eq!(answer.status, 503, "{path}: {}", answer.text());

@@ -472,8 +472,9 @@ async fn connect_silently(n: usize, addr: std::net::SocketAddr) -> Vec<tokio::ne
 /// test server, instead of 127.0.0.1:3000).
 #[tokio::test]
 async fn the_quickstart_answers_as_the_readme_says_on_any_ports() {
-    let quickstart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/routes.yaml");
-    let yaml = std::fs::read_to_string(quickstart).expect("the quickstart");
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    let yaml = std::fs::read_to_string(folder.join("routes.yaml")).expect("the quickstart");
+    let tenants = std::fs::read_to_string(folder.join("tenants.yaml")).expect("the quickstart's tenants");
     assert!(!yaml.contains(":9901"), "the quickstart must not depend on the admin port");
     let files = Upstream::start(|seen| {
         http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!("listing of {}", seen.uri))))
@@ -482,6 +483,7 @@ async fn the_quickstart_answers_as_the_readme_says_on_any_ports() {
     let dir = TempDir::new();
     // First with nothing on the upstream's port: a 502 problem document.
     dir.write("routes.yaml", &yaml.replace("127.0.0.1:3000", &closed_port().to_string()));
+    dir.write("tenants.yaml", &tenants);
     let (mut child, listen, admin) = spawn_proxy(&dir);
     let url = |path: &str| format!("http://{listen}{path}");
     assert!(until_body(&url("/health"), "ok").await);
@@ -501,6 +503,22 @@ async fn the_quickstart_answers_as_the_readme_says_on_any_ports() {
     assert_eq!(listing.text(), "listing of /");
     assert_eq!(listing.header("x-served-by"), Some("sluice"));
     assert_eq!(get(&url("/v0/users")).await.status, 410);
+    // The protected API: 401 without a key, 403 while the partner's
+    // subscription is pending, 200 for the owner's own app.
+    let orders = |key: Option<&str>| {
+        let mut request = http::Request::get(url("/orders")).header("host", "api.localhost");
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        send(request.body(http_body_util::Full::new(bytes::Bytes::new())).expect("request"))
+    };
+    let no_key = orders(None).await;
+    assert_eq!(no_key.status, 401, "{}", no_key.text());
+    let pending = orders(Some("sk-quickstart-partner-web")).await;
+    assert_eq!(pending.status, 403, "{}", pending.text());
+    assert_eq!(pending.json()["type"], "https://sluice.dev/problems/subscription-pending");
+    let owner = orders(Some("sk-quickstart-shop-console")).await;
+    assert_eq!((owner.status.as_u16(), owner.json()[0]["id"].as_i64()), (200, Some(1)));
     let nope = get(&url("/nope")).await;
     assert_eq!(nope.status, 404);
     assert_eq!(nope.json()["type"], "https://sluice.dev/problems/no-route");

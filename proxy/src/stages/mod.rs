@@ -4,7 +4,7 @@
 //! in [`compile`], and nowhere else.
 //!
 //! ```text
-//!   route ─> cors ─> [authenticate] ─> [authorize] ─> [limit] ─> [cache] ─> request_transform
+//!   route ─> cors ─> api_key_auth ─> access ─> [limit] ─> [cache] ─> request_transform
 //!             │   on_request (async, fallible), in order:                      │
 //!             │   Continue | Respond(answer, any body) | Err(ProxyError)       v
 //!             │          │                 │                      backend: direct answer,
@@ -27,12 +27,13 @@
 //! for every request, answered early or not, when the body ends; it calls
 //! [`Stage::on_finish`] of routes that have a stage wanting the outcome.
 //!
-//! The bracketed stages arrive with the identity and limits work; they slot
-//! into [`compile`] between `cors` and `request_transform`. Lifecycle is
+//! The bracketed stages arrive with the limits work; they slot into
+//! [`compile`] between `access` and `request_transform`. Lifecycle is
 //! compiled by `translate`: a Retired route's backend is a 410 direct
 //! answer, and a Deprecated route's Deprecation/Sunset/Link headers are part
 //! of its response transform.
 
+mod auth;
 mod cors;
 mod request_transform;
 mod response_transform;
@@ -43,6 +44,8 @@ use snapshot::{Route, Snapshot};
 use crate::body::ResponseBody;
 use crate::errors::ProxyError;
 use crate::exchange::Exchange;
+
+pub use auth::KeyIndex;
 
 /// What a request hook decided.
 #[derive(Debug)]
@@ -64,6 +67,8 @@ pub struct Context<'a> {
     pub snapshot: &'a Snapshot,
     /// The route whose stages these are.
     pub route: &'a Route,
+    /// The snapshot's API keys, by digest (shared by every route).
+    pub keys: &'a std::sync::Arc<KeyIndex>,
 }
 
 /// How a request ended, for [`Stage::on_finish`].
@@ -90,6 +95,10 @@ pub struct Outcome<'a> {
 pub enum Stage {
     /// CORS: preflights answered, headers on allowed origins' answers.
     Cors(cors::Cors),
+    /// Who is calling, by API key.
+    ApiKeyAuth(auth::ApiKeyAuth),
+    /// Whether that caller may call the route.
+    Access(auth::AccessCheck),
     /// Request headers, path and query.
     RequestTransform(request_transform::RequestTransform),
     /// Response headers (and a Deprecated route's lifecycle headers).
@@ -101,6 +110,8 @@ impl Stage {
     pub fn name(&self) -> &'static str {
         match self {
             Stage::Cors(_) => "cors",
+            Stage::ApiKeyAuth(_) => "api_key_auth",
+            Stage::Access(_) => "access",
             Stage::RequestTransform(_) => "request_transform",
             Stage::ResponseTransform(_) => "response_transform",
         }
@@ -111,6 +122,8 @@ impl Stage {
     pub async fn on_request(&self, ex: &mut Exchange, req: &mut request::Parts) -> Result<Flow, ProxyError> {
         match self {
             Stage::Cors(stage) => Ok(stage.on_request(ex, req)),
+            Stage::ApiKeyAuth(stage) => stage.on_request(ex, req),
+            Stage::Access(stage) => stage.on_request(ex),
             Stage::RequestTransform(stage) => stage.on_request(ex, req),
             Stage::ResponseTransform(_) => Ok(Flow::Continue),
         }
@@ -121,7 +134,7 @@ impl Stage {
     pub fn on_response(&self, ex: &mut Exchange, res: &mut response::Parts) {
         match self {
             Stage::Cors(stage) => stage.on_response(ex, res),
-            Stage::RequestTransform(_) => {}
+            Stage::ApiKeyAuth(_) | Stage::Access(_) | Stage::RequestTransform(_) => {}
             Stage::ResponseTransform(stage) => stage.on_response(res),
         }
     }
@@ -130,7 +143,11 @@ impl Stage {
     /// in full, an error, or the client gone), in stage order.
     pub fn on_finish(&self, _outcome: &Outcome<'_>) {
         match self {
-            Stage::Cors(_) | Stage::RequestTransform(_) | Stage::ResponseTransform(_) => {}
+            Stage::Cors(_)
+            | Stage::ApiKeyAuth(_)
+            | Stage::Access(_)
+            | Stage::RequestTransform(_)
+            | Stage::ResponseTransform(_) => {}
         }
     }
 
@@ -138,7 +155,11 @@ impl Stage {
     /// keeps the route's stages only when one needs the outcome.
     pub fn wants_finish(&self) -> bool {
         match self {
-            Stage::Cors(_) | Stage::RequestTransform(_) | Stage::ResponseTransform(_) => false,
+            Stage::Cors(_)
+            | Stage::ApiKeyAuth(_)
+            | Stage::Access(_)
+            | Stage::RequestTransform(_)
+            | Stage::ResponseTransform(_) => false,
         }
     }
 }
@@ -151,6 +172,12 @@ pub fn compile(cx: Context<'_>) -> Vec<Stage> {
     // browsers send it without credentials.
     if let Some(cors) = &route.cors {
         stages.push(Stage::Cors(cors::Cors::new(cors, &route.matches)));
+    }
+    if route.auth.mode == crds::AuthMode::ApiKey {
+        stages.push(Stage::ApiKeyAuth(auth::ApiKeyAuth::new(route, cx.keys)));
+    }
+    if auth::AccessCheck::needed(route) {
+        stages.push(Stage::Access(auth::AccessCheck::new(route)));
     }
     if let Some(t) = &route.request_transform {
         stages.push(Stage::RequestTransform(request_transform::RequestTransform::new(t)));
