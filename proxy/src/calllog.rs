@@ -54,6 +54,16 @@ pub struct CallLine<'a> {
     pub tenant: Option<&'a str>,
     /// Calling app, once identity is known.
     pub app: Option<&'a str>,
+    /// The calling app's tenant; left out for anonymous calls.
+    pub caller_tenant: Option<&'a str>,
+    /// How the caller authenticated (`api-key`, `jwt`); left out for
+    /// anonymous calls (a refused one has its problem type in `error`).
+    pub auth: Option<&'a str>,
+    /// Which credential: an API key's digest prefix, never the key; left
+    /// out for anonymous calls.
+    pub credential: Option<&'a str>,
+    /// The Subscription that let the caller in; left out when none did.
+    pub subscription: Option<&'a str>,
     /// The client's address (the first untrusted hop when the peer is a
     /// trusted proxy); left out when empty.
     pub client_ip: &'a str,
@@ -114,6 +124,17 @@ impl CallLine<'_> {
         write_opt(out, self.tenant);
         out.extend_from_slice(b",\"app\":");
         write_opt(out, self.app);
+        for (key, value) in [
+            (&b",\"caller_tenant\":"[..], self.caller_tenant),
+            (b",\"auth\":", self.auth),
+            (b",\"credential\":", self.credential),
+            (b",\"subscription\":", self.subscription),
+        ] {
+            if let Some(value) = value {
+                out.extend_from_slice(key);
+                write_str(out, value);
+            }
+        }
         if !self.client_ip.is_empty() {
             out.extend_from_slice(b",\"client_ip\":");
             write_str(out, self.client_ip);
@@ -406,6 +427,10 @@ mod tests {
             route: Some(text),
             tenant: None,
             app: None,
+            caller_tenant: Some(text),
+            auth: None,
+            credential: None,
+            subscription: None,
             client_ip: "",
             user_agent: Some(text),
             method: "GET",
@@ -430,7 +455,7 @@ mod tests {
         let mut out = Vec::new();
         line(nasty, std::time::UNIX_EPOCH).write_json(&mut out);
         let json: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
-        for field in ["request_id", "route", "user_agent", "host", "path"] {
+        for field in ["request_id", "route", "user_agent", "host", "path", "caller_tenant"] {
             assert_eq!(json[field], nasty, "{field}");
         }
         assert_eq!(json["tenant"], serde_json::Value::Null);

@@ -132,4 +132,7 @@ impl AuthMethod {
 pub struct StageState {
     /// The request's `Origin`, when the route's CORS policy allows it.
     pub cors_origin: Option<HeaderValue>,
+    /// The approved Subscription (`namespace/name`) that let the caller
+    /// in, when one did.
+    pub subscription: Option<Arc<str>>,
 }

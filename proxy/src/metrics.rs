@@ -2,6 +2,7 @@
 //! (route ids, upstream names), never from requests; per-route handles are
 //! resolved when a snapshot is compiled, so the hot path touches atomics.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use std::fmt::Write;
@@ -81,6 +82,93 @@ struct RouteStatus {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallerStatus {
+    route: String,
+    tenant: String,
+    app: String,
+    status_class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthFailure {
+    route: String,
+    reason: String,
+}
+
+/// Requests by authenticated caller, and refused callers. NB: the handles
+/// are kept by (route, tenant, app, class) behind a read-mostly lock, so a
+/// request makes no label strings once its caller has been seen.
+#[derive(Debug, Default)]
+pub struct CallerMetrics {
+    requests: Family<CallerStatus, Counter>,
+    refused: Family<AuthFailure, Counter>,
+    handles: std::sync::RwLock<HashMap<CallerKey, Counter>>,
+}
+
+type CallerKey = (Arc<str>, Arc<str>, Arc<str>, usize);
+
+impl CallerMetrics {
+    /// Counts a request of an authenticated caller.
+    pub fn record(&self, route: &Arc<str>, caller: &crate::exchange::Caller, status: u16) {
+        let class = StatusClass::of(status);
+        let key = (route.clone(), caller.tenant.clone(), caller.app.clone(), class.index());
+        if let Ok(handles) = self.handles.read()
+            && let Some(counter) = handles.get(&key)
+        {
+            counter.inc();
+            return;
+        }
+        let counter = self.requests.get_or_create_owned(&CallerStatus {
+            route: route.to_string(),
+            tenant: caller.tenant.to_string(),
+            app: caller.app.to_string(),
+            status_class: class,
+        });
+        counter.inc();
+        if let Ok(mut handles) = self.handles.write() {
+            handles.insert(key, counter);
+        }
+    }
+
+    /// Counts a request refused by authentication or access (`reason` is
+    /// the problem type).
+    pub fn refused(&self, route: &str, reason: &str) {
+        self.refused.get_or_create(&AuthFailure { route: route.to_owned(), reason: reason.to_owned() }).inc();
+    }
+
+    fn forget_route(&self, route: &str) {
+        let Ok(mut handles) = self.handles.write() else { return };
+        handles.retain(|(r, tenant, app, class), _| {
+            if &**r != route {
+                return true;
+            }
+            self.requests.remove(&CallerStatus {
+                route: route.to_owned(),
+                tenant: tenant.to_string(),
+                app: app.to_string(),
+                status_class: StatusClass::ALL[*class],
+            });
+            false
+        });
+        for reason in AUTH_FAILURES {
+            self.refused.remove(&AuthFailure { route: route.to_owned(), reason: (*reason).to_owned() });
+        }
+    }
+}
+
+/// Every `reason` label of `sluice_auth_refused_total`.
+pub(crate) const AUTH_FAILURES: &[&str] = &[
+    "missing-credentials",
+    "invalid-api-key",
+    "invalid-authorization",
+    "ambiguous-credentials",
+    "api-key-in-query",
+    "forbidden",
+    "subscription-required",
+    "subscription-pending",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
 }
@@ -124,6 +212,7 @@ pub struct Metrics {
     upstream_requests: Family<UpstreamStatus, Counter>,
     upstream_errors: Family<UpstreamError, Counter>,
     reloads: Family<ReloadResult, Counter>,
+    callers: Arc<CallerMetrics>,
     /// Client connections open now.
     pub active_connections: Gauge,
     /// Client connections refused at a worker's connection cap.
@@ -234,6 +323,17 @@ impl Default for Metrics {
         );
         registry.register("upstream_errors", "Upstream calls that failed, by error type", upstream_errors.clone());
         registry.register("config_reloads", "Configuration reloads, by outcome", reloads.clone());
+        let callers = Arc::new(CallerMetrics::default());
+        registry.register(
+            "caller_requests",
+            "Requests of authenticated callers, by route, caller tenant, app and status class",
+            callers.requests.clone(),
+        );
+        registry.register(
+            "auth_refused",
+            "Requests refused by authentication or access rules, by route and problem type",
+            callers.refused.clone(),
+        );
         registry.register("active_connections", "Client connections open now", active_connections.clone());
         registry.register(
             "call_log_dropped_lines",
@@ -254,6 +354,7 @@ impl Default for Metrics {
             upstream_requests,
             upstream_errors,
             reloads,
+            callers,
             active_connections,
             refused_connections,
             tunnels,
@@ -306,11 +407,26 @@ struct RouteFamilies {
     duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     request_bytes: Family<RouteLabel, Counter>,
     response_bytes: Family<RouteLabel, Counter>,
+    callers: Arc<CallerMetrics>,
+}
+
+/// Who asked and how it ended, for the caller series.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallerOutcome<'a> {
+    /// The authenticated caller.
+    pub caller: Option<&'a crate::exchange::Caller>,
+    /// The error type the request ended in.
+    pub error: Option<&'a str>,
 }
 
 impl RouteMetrics {
     /// Records one finished request.
-    pub fn record(&self, status: u16, seconds: f64, bytes_in: u64, bytes_out: u64) {
+    pub fn record(&self, status: u16, seconds: f64, bytes_in: u64, bytes_out: u64, who: CallerOutcome<'_>) {
+        if let Some(caller) = who.caller {
+            self.families.callers.record(&self.route, caller, status);
+        } else if let Some(error) = who.error.filter(|e| AUTH_FAILURES.contains(e)) {
+            self.families.callers.refused(&self.route, error);
+        }
         let label = || RouteLabel { route: self.route.to_string() };
         let class = StatusClass::of(status);
         let f = &self.families;
@@ -356,6 +472,7 @@ impl Metrics {
                 duration: self.duration.clone(),
                 request_bytes: self.request_bytes.clone(),
                 response_bytes: self.response_bytes.clone(),
+                callers: self.callers.clone(),
             },
             requests: Default::default(),
             duration: OnceLock::new(),
@@ -377,6 +494,7 @@ impl Metrics {
     /// Drops the series of a route that is no longer served (and of its
     /// upstream groups), so removed routes do not linger in `/metrics`.
     pub fn forget_route(&self, route: &str, upstreams: &[String]) {
+        self.callers.forget_route(route);
         let label = RouteLabel { route: route.to_owned() };
         self.duration.remove(&label);
         self.request_bytes.remove(&label);
@@ -400,6 +518,11 @@ impl Metrics {
                 });
             }
         }
+    }
+
+    /// The caller series (shared).
+    pub fn callers(&self) -> &Arc<CallerMetrics> {
+        &self.callers
     }
 
     /// Counts a failed upstream call.
@@ -483,7 +606,7 @@ mod tests {
     #[test]
     fn counters_keep_their_total_name_in_the_prometheus_text() {
         let metrics = Metrics::default();
-        metrics.route("default/a").record(200, 0.01, 1, 2);
+        metrics.route("default/a").record(200, 0.01, 1, 2, Default::default());
         let text = metrics.encode_prometheus();
         assert!(text.contains("# HELP sluice_requests_total "), "{text}");
         assert!(text.contains("# TYPE sluice_requests_total counter"), "{text}");

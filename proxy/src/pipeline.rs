@@ -191,7 +191,7 @@ pub fn record_unanswered(
         Some(compiled) => compiled.unrouted.clone(),
         None => gateway.metrics.route(crate::metrics::UNROUTED),
     };
-    metrics.record(status, 0.0, 0, 0);
+    metrics.record(status, 0.0, 0, 0, Default::default());
     if !calllog::enabled() {
         return;
     }
@@ -207,6 +207,10 @@ pub fn record_unanswered(
         route: None,
         tenant: None,
         app: None,
+        caller_tenant: None,
+        auth: None,
+        credential: None,
+        subscription: None,
         client_ip: client_ip.to_str().unwrap_or_default(),
         user_agent: None,
         method: "",
@@ -284,6 +288,7 @@ impl Pending<'_> {
             activity: ex.activity.take(),
             metrics,
             caller: ex.caller.take(),
+            subscription: ex.state.subscription.take(),
             finish_hooks: match (&self.compiled, self.route) {
                 (Some(c), Some(i)) if c.routes[i].wants_finish => Some((c.clone(), i)),
                 _ => None,

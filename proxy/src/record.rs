@@ -41,6 +41,8 @@ pub struct Record {
     pub activity: Option<crate::conn::ActivityGuard>,
     /// The caller, when a stage authenticated one.
     pub caller: Option<crate::exchange::Caller>,
+    /// The Subscription that let the caller in.
+    pub subscription: Option<Arc<str>>,
     /// The route whose stages want the outcome ([`crate::stages::Stage::on_finish`]),
     /// kept only when one does.
     pub finish_hooks: Option<(Arc<crate::state::Compiled>, usize)>,
@@ -55,7 +57,8 @@ impl Record {
             Some(progress) => progress.read.load(std::sync::atomic::Ordering::Relaxed),
             None => self.bytes_in,
         };
-        self.metrics.record(self.status, elapsed.as_secs_f64(), bytes_in, bytes_out);
+        let who = crate::metrics::CallerOutcome { caller: self.caller.as_ref(), error: self.error };
+        self.metrics.record(self.status, elapsed.as_secs_f64(), bytes_in, bytes_out, who);
         if let Some((compiled, route)) = &self.finish_hooks {
             let outcome = crate::stages::Outcome {
                 status: self.status,
@@ -81,6 +84,10 @@ impl Record {
             route: self.route.as_deref(),
             tenant: self.tenant.as_deref(),
             app: self.app.as_deref(),
+            caller_tenant: self.caller.as_ref().map(|c| &*c.tenant),
+            auth: self.caller.as_ref().map(|c| c.method.as_str()),
+            credential: self.caller.as_ref().and_then(|c| c.credential.as_deref()),
+            subscription: self.subscription.as_deref(),
             client_ip: self.client_ip.to_str().unwrap_or_default(),
             user_agent: calllog::user_agent(self.user_agent.as_ref()),
             method: self.method.as_str(),

@@ -120,9 +120,26 @@ async fn api_keys_say_who_calls_and_never_reach_the_upstream() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(upstream.last().uri, "/open/x?page=2");
 
-    // The call log has the caller's app, never a key.
+    // The call log has the caller (tenant, app, how, which key by digest
+    // prefix, which subscription), never a key.
     let line = call_log_line_with(&["\"path\":\"/open/x\""]).await;
-    assert!(line.contains("\"app\":\"web\""), "{line}");
+    for field in ["\"app\":\"web\"", "\"caller_tenant\":\"shop\"", "\"auth\":\"api-key\"", "\"credential\":\""] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    let line = call_log_line_with(&["\"path\":\"/charges/1\"", "\"status\":200"]).await;
+    assert!(line.contains("\"subscription\":\"shop/web-charges\""), "{line}");
+    let refused = call_log_line_with(&["\"error\":\"ambiguous-credentials\""]).await;
+    assert!(!refused.contains("\"caller_tenant\""), "{refused}");
+    // Metrics: requests by caller, refusals by problem type.
+    let metrics = get(&proxy.admin_url("/metrics")).await.text();
+    for series in [
+        r#"sluice_caller_requests_total{route="payments/charges",tenant="shop",app="web",status_class="2xx"} 2"#,
+        r#"sluice_auth_refused_total{route="payments/charges",reason="missing-credentials"} 1"#,
+        r#"sluice_auth_refused_total{route="payments/charges",reason="invalid-api-key"} 2"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    promtool_check(&metrics);
     let captured = String::from_utf8_lossy(&sluice_proxy::calllog::capture()).into_owned();
     for key in [WEB_KEY, CONSOLE_KEY, "sk-nobody"] {
         assert!(!captured.contains(key), "a key in the call log: {captured}");
@@ -166,4 +183,17 @@ async fn subscriptions_private_and_draft_routes_decide_who_may_call() {
     proxy.reload(&platform(&upstream.url(), "Revoked")).await;
     let revoked = call(&proxy, "/charges", &key(MOBILE_KEY)).await;
     assert_eq!((revoked.status.as_u16(), problem_type(&revoked).as_str()), (403, "subscription-required"));
+
+    // A route that goes (with its subscriptions) takes its caller series
+    // with it.
+    let metrics = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(metrics.contains(r#"sluice_caller_requests_total{route="payments/charges""#), "{metrics}");
+    let without_charges: String = platform(&upstream.url(), "Pending")
+        .split("---\n")
+        .filter(|doc| !doc.contains("charges"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    proxy.reload(&without_charges).await;
+    let metrics = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(!metrics.contains(r#"route="payments/charges""#), "{metrics}");
 }

@@ -156,18 +156,7 @@ async fn the_metrics_exposition_passes_promtool_and_forgets_removed_routes() {
     let scrape = get(&proxy.admin_url("/metrics")).await;
     assert_eq!(scrape.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     let text = scrape.text();
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is on PATH (scripts/test fetches it)");
-    use std::io::Write;
-    promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
-    let out = promtool.wait_with_output().expect("promtool runs");
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
+    promtool_check(&text);
     // Unrouted requests have a label value of their own; URLs lose their path.
     assert!(text.contains(r#"route="unrouted""#), "{text}");
     assert!(!text.contains(r#"route="""#), "{text}");

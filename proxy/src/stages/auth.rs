@@ -223,6 +223,8 @@ pub struct AccessCheck {
     private: bool,
     draft: bool,
     access: snapshot::Access,
+    /// The subscription of each grant of `access.apps`, shared.
+    subscriptions: Vec<Option<Arc<str>>>,
 }
 
 impl AccessCheck {
@@ -232,6 +234,7 @@ impl AccessCheck {
             private: route.visibility == crds::Visibility::Private,
             draft: route.lifecycle == crds::LifecycleState::Draft,
             access: route.access.clone(),
+            subscriptions: route.access.apps.iter().map(|g| g.subscription.as_deref().map(Arc::from)).collect(),
         }
     }
 
@@ -257,7 +260,15 @@ impl AccessCheck {
         if self.draft && !own {
             return Err(forbidden("forbidden", "this API is a draft, callable only by its own tenant's apps"));
         }
-        if self.access.subscription_required && self.access.grant(&caller.tenant, &caller.app).is_none() {
+        let grant = self
+            .access
+            .apps
+            .binary_search_by(|g| (g.tenant.as_str(), g.app.as_str()).cmp(&(&*caller.tenant, &*caller.app)))
+            .ok();
+        if let Some(i) = grant {
+            ex.state.subscription = self.subscriptions[i].clone();
+        }
+        if self.access.subscription_required && grant.is_none() {
             if self.access.is_pending(&caller.tenant, &caller.app) {
                 return Err(forbidden(
                     "subscription-pending",

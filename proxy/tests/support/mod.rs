@@ -415,3 +415,19 @@ pub fn assert_problem(answer: &RawAnswer, kind: &str, status: u16) {
     assert_eq!(problem["status"], status, "{answer:?}");
     assert!(problem["requestId"].is_string(), "{answer:?}");
 }
+
+/// Runs `promtool check metrics` on a scrape; it must say nothing.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is on PATH (scripts/test fetches it)");
+    promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = promtool.wait_with_output().expect("promtool runs");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
+}
