@@ -108,6 +108,16 @@ pub enum ProxyError {
         /// What the caller is told.
         detail: String,
     },
+    /// A rate limit or quota is used up. Answered 429 with `Retry-After`.
+    #[error("{detail}")]
+    TooManyRequests {
+        /// The problem type (`rate-limited`, `quota-exceeded`).
+        kind: &'static str,
+        /// Seconds until a request may fit.
+        retry_after: u64,
+        /// What the caller is told.
+        detail: String,
+    },
     /// The caller is known but may not call this route.
     #[error("{detail}")]
     Forbidden {
@@ -137,7 +147,9 @@ impl ProxyError {
             ProxyError::RequestTimeout { .. } => "request-timeout",
             ProxyError::ClientClosed => "client-closed",
             ProxyError::Misdirected { .. } => "misdirected-request",
-            ProxyError::Unauthorized { kind, .. } | ProxyError::Forbidden { kind, .. } => kind,
+            ProxyError::Unauthorized { kind, .. }
+            | ProxyError::Forbidden { kind, .. }
+            | ProxyError::TooManyRequests { kind, .. } => kind,
         }
     }
 
@@ -160,6 +172,7 @@ impl ProxyError {
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -175,7 +188,8 @@ impl ProxyError {
             | ProxyError::ClientClosed
             | ProxyError::Misdirected { .. }
             | ProxyError::Unauthorized { .. }
-            | ProxyError::Forbidden { .. } => ErrorSource::Downstream,
+            | ProxyError::Forbidden { .. }
+            | ProxyError::TooManyRequests { .. } => ErrorSource::Downstream,
             ProxyError::NoHealthyEndpoint { .. }
             | ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. } => ErrorSource::Upstream,
@@ -202,6 +216,8 @@ impl ProxyError {
             ProxyError::Forbidden { kind: "subscription-pending", .. } => "Subscription pending",
             ProxyError::Forbidden { kind: "subscription-required", .. } => "Subscription required",
             ProxyError::Forbidden { .. } => "Forbidden",
+            ProxyError::TooManyRequests { kind: "quota-exceeded", .. } => "Quota exceeded",
+            ProxyError::TooManyRequests { .. } => "Too many requests",
         }
     }
 
@@ -226,6 +242,9 @@ impl ProxyError {
     /// The problem document answering this error.
     pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
         let mut response = problem(self.status(), self.kind(), self.title(), &self.public_detail(), request_id);
+        if let ProxyError::TooManyRequests { retry_after, .. } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
         if let ProxyError::Unauthorized { .. } = self {
             // NB: an API key may come as a bearer token too (RFC 6750).
             response

@@ -135,4 +135,7 @@ pub struct StageState {
     /// The approved Subscription (`namespace/name`) that let the caller
     /// in, when one did.
     pub subscription: Option<Arc<str>>,
+    /// The rate limit applied: requests, window (s) and the decision, for
+    /// the `RateLimit` headers.
+    pub rate_limit: Option<(u64, u64, crate::limits::Decision)>,
 }

@@ -1,9 +1,9 @@
 //! Sluice's data plane: the API waterfall for every request.
 //!
 //! ```text
-//!  clients ──TCP/TLS──> server (workers, SO_REUSEPORT) ──> pipeline::handle
+//!  clients ──TCP/TLS──> server (workers) ──> pipeline::handle
 //!                                                              │
-//!        Gateway { current: ArcSwap<Compiled>, metrics, upstreams }
+//!        Gateway { current: ArcSwap<Compiled>, metrics, upstreams, limiters }
 //!                     ^
 //!   standalone (folder -> translate)   or   snapshot client (operator, later)
 //! ```
@@ -21,6 +21,7 @@ pub mod conn;
 pub mod errors;
 pub mod exchange;
 pub mod ingress;
+pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod pipeline;

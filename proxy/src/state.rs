@@ -139,14 +139,19 @@ pub struct Compiled {
 impl Compiled {
     /// Compiles a snapshot, reusing the pools and endpoint states in
     /// `upstreams`.
-    pub fn new(snapshot: Arc<Snapshot>, upstreams: &Upstreams, metrics: &Metrics) -> Compiled {
+    pub fn new(
+        snapshot: Arc<Snapshot>,
+        upstreams: &Upstreams,
+        limiters: &crate::limits::Limiters,
+        metrics: &Metrics,
+    ) -> Compiled {
         let keys = Arc::new(stages::KeyIndex::new(&snapshot.api_keys));
         let routes: Vec<RouteRuntime> = snapshot
             .routes
             .iter()
             .map(|route| {
                 let backend = compile_backend(&snapshot, route, upstreams, metrics);
-                let stages = stages::compile(stages::Context { snapshot: &snapshot, route, keys: &keys });
+                let stages = stages::compile(stages::Context { snapshot: &snapshot, route, keys: &keys, limiters });
                 RouteRuntime {
                     id: Arc::from(route.id.as_str()),
                     tenant: route.tenant.as_deref().map(Arc::from),
@@ -170,6 +175,7 @@ impl Compiled {
             })
             .collect();
         upstreams.retain(&snapshot);
+        limiters.retain(&snapshot);
         Compiled {
             version: Arc::from(snapshot.version.as_str()),
             router: Router::new(&snapshot.routes, &snapshot.reserved_hosts),
@@ -208,7 +214,8 @@ fn compile_backend(
 
 /// The features this proxy enforces. A route that needs any other is not
 /// served (fail closed): see [`unsupported`].
-pub const SUPPORTED_FEATURES: &[Feature] = &[Feature::ApiKeys, Feature::Subscriptions, Feature::DraftAccess];
+pub const SUPPORTED_FEATURES: &[Feature] =
+    &[Feature::ApiKeys, Feature::Subscriptions, Feature::DraftAccess, Feature::RateLimit, Feature::TenantQuotas];
 
 /// The fields of `route` that ask for something this proxy cannot
 /// enforce, comma-separated; empty when it can serve the route.
@@ -291,6 +298,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Pools and endpoint health.
     pub upstreams: Upstreams,
+    /// Rate-limit and quota state.
+    pub limiters: crate::limits::Limiters,
     /// Request limits.
     pub limits: Limits,
 }
@@ -303,6 +312,7 @@ impl Gateway {
             report: ArcSwap::from_pointee(Report { source: source.into(), ..Report::default() }),
             metrics: Metrics::default(),
             upstreams: Upstreams::default(),
+            limiters: Default::default(),
             limits,
         })
     }
@@ -310,7 +320,7 @@ impl Gateway {
     /// Compiles and installs a snapshot. In-flight requests finish on the
     /// snapshot they started with.
     pub fn install(&self, snapshot: Snapshot) -> Arc<Compiled> {
-        let compiled = Arc::new(Compiled::new(Arc::new(snapshot), &self.upstreams, &self.metrics));
+        let compiled = Arc::new(Compiled::new(Arc::new(snapshot), &self.upstreams, &self.limiters, &self.metrics));
         let previous = self.current.swap(Some(compiled.clone()));
         // Routes that are gone take their series with them.
         for route in previous.iter().flat_map(|p| &p.snapshot.routes) {
@@ -345,7 +355,7 @@ mod tests {
         inputs.load_yaml("test.yaml", yaml).expect("the YAML loads");
         let mut snapshot = snapshot::translate(&inputs).snapshot;
         edit(&mut snapshot);
-        Compiled::new(Arc::new(snapshot), &Upstreams::default(), &Metrics::default())
+        Compiled::new(Arc::new(snapshot), &Upstreams::default(), &Default::default(), &Metrics::default())
     }
 
     const DIRECT: &str = "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: mock }\nspec:\n  backend: { directResponse: { status: 200, body: ok } }\n";

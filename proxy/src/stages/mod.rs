@@ -4,7 +4,7 @@
 //! in [`compile`], and nowhere else.
 //!
 //! ```text
-//!   route ─> cors ─> api_key_auth ─> access ─> [limit] ─> [cache] ─> request_transform
+//!   route ─> cors ─> api_key_auth ─> access ─> limit ─> [cache] ─> request_transform
 //!             │   on_request (async, fallible), in order:                      │
 //!             │   Continue | Respond(answer, any body) | Err(ProxyError)       v
 //!             │          │                 │                      backend: direct answer,
@@ -27,14 +27,15 @@
 //! for every request, answered early or not, when the body ends; it calls
 //! [`Stage::on_finish`] of routes that have a stage wanting the outcome.
 //!
-//! The bracketed stages arrive with the limits work; they slot into
-//! [`compile`] between `access` and `request_transform`. Lifecycle is
+//! The bracketed stage arrives with the cache work; it slots into
+//! [`compile`] between `limit` and `request_transform`. Lifecycle is
 //! compiled by `translate`: a Retired route's backend is a 410 direct
 //! answer, and a Deprecated route's Deprecation/Sunset/Link headers are part
 //! of its response transform.
 
 mod auth;
 mod cors;
+mod limit;
 mod request_transform;
 mod response_transform;
 
@@ -69,6 +70,8 @@ pub struct Context<'a> {
     pub route: &'a Route,
     /// The snapshot's API keys, by digest (shared by every route).
     pub keys: &'a std::sync::Arc<KeyIndex>,
+    /// Rate-limit and quota state, kept across snapshots.
+    pub limiters: &'a crate::limits::Limiters,
 }
 
 /// How a request ended, for [`Stage::on_finish`].
@@ -99,6 +102,8 @@ pub enum Stage {
     ApiKeyAuth(auth::ApiKeyAuth),
     /// Whether that caller may call the route.
     Access(auth::AccessCheck),
+    /// Rate limits and the owning tenant's quotas.
+    Limit(limit::Limit),
     /// Request headers, path and query.
     RequestTransform(request_transform::RequestTransform),
     /// Response headers (and a Deprecated route's lifecycle headers).
@@ -112,6 +117,7 @@ impl Stage {
             Stage::Cors(_) => "cors",
             Stage::ApiKeyAuth(_) => "api_key_auth",
             Stage::Access(_) => "access",
+            Stage::Limit(_) => "limit",
             Stage::RequestTransform(_) => "request_transform",
             Stage::ResponseTransform(_) => "response_transform",
         }
@@ -124,6 +130,7 @@ impl Stage {
             Stage::Cors(stage) => Ok(stage.on_request(ex, req)),
             Stage::ApiKeyAuth(stage) => stage.on_request(ex, req),
             Stage::Access(stage) => stage.on_request(ex),
+            Stage::Limit(stage) => stage.on_request(ex, req),
             Stage::RequestTransform(stage) => stage.on_request(ex, req),
             Stage::ResponseTransform(_) => Ok(Flow::Continue),
         }
@@ -134,6 +141,7 @@ impl Stage {
     pub fn on_response(&self, ex: &mut Exchange, res: &mut response::Parts) {
         match self {
             Stage::Cors(stage) => stage.on_response(ex, res),
+            Stage::Limit(stage) => stage.on_response(ex, res),
             Stage::ApiKeyAuth(_) | Stage::Access(_) | Stage::RequestTransform(_) => {}
             Stage::ResponseTransform(stage) => stage.on_response(res),
         }
@@ -146,6 +154,7 @@ impl Stage {
             Stage::Cors(_)
             | Stage::ApiKeyAuth(_)
             | Stage::Access(_)
+            | Stage::Limit(_)
             | Stage::RequestTransform(_)
             | Stage::ResponseTransform(_) => {}
         }
@@ -158,6 +167,7 @@ impl Stage {
             Stage::Cors(_)
             | Stage::ApiKeyAuth(_)
             | Stage::Access(_)
+            | Stage::Limit(_)
             | Stage::RequestTransform(_)
             | Stage::ResponseTransform(_) => false,
         }
@@ -178,6 +188,9 @@ pub fn compile(cx: Context<'_>) -> Vec<Stage> {
     }
     if auth::AccessCheck::needed(route) {
         stages.push(Stage::Access(auth::AccessCheck::new(route)));
+    }
+    if let Some(limit) = limit::Limit::new(cx, cx.limiters) {
+        stages.push(Stage::Limit(limit));
     }
     if let Some(t) = &route.request_transform {
         stages.push(Stage::RequestTransform(request_transform::RequestTransform::new(t)));
