@@ -790,6 +790,11 @@ pub struct Cache {
     #[serde(default = "default_cache_body")]
     #[schemars(range(min = 1))]
     pub max_body_bytes: u64,
+    /// The answer is the same for every caller: one entry serves them all.
+    /// By default each calling app (or anonymous callers together) has
+    /// its own entries.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
 }
 
 fn default_cache_body() -> u64 {

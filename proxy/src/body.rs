@@ -261,6 +261,48 @@ pub enum ResponseBody {
     /// Streamed from a pooled upstream connection, which goes back to the
     /// pool when the body has ended.
     Pooled(Incoming, IdleTimer, Option<crate::pool::Checkin>),
+    /// Another body seen (and perhaps changed) by a stage's filter on its
+    /// way out.
+    Filtered(Box<Filtered>),
+}
+
+/// Sees a response body's data as it goes to the client, and may change it.
+pub trait BodyFilter: Send + Sync + std::fmt::Debug {
+    /// One frame of data; returns what goes on.
+    fn on_data(&mut self, data: Bytes) -> Bytes;
+    /// The body ended: `complete` when all of it went out, false when it
+    /// broke or the client went away first. Called once.
+    fn on_end(&mut self, complete: bool);
+    /// Whether the data goes on unchanged (so its length is known).
+    fn keeps_length(&self) -> bool {
+        false
+    }
+}
+
+/// A body and the filter it goes through.
+#[derive(Debug)]
+pub struct Filtered {
+    inner: ResponseBody,
+    filter: Box<dyn BodyFilter>,
+    ended: bool,
+}
+
+impl Filtered {
+    fn end(&mut self, complete: bool) {
+        if !self.ended {
+            self.ended = true;
+            self.filter.on_end(complete);
+        }
+    }
+}
+
+impl Drop for Filtered {
+    fn drop(&mut self) {
+        // NB: a body dropped before its end (a client gone, HEAD, 204) is
+        // an incomplete one, unless it had nothing more to send.
+        let complete = self.inner.is_end_stream();
+        self.end(complete);
+    }
 }
 
 impl Drop for ResponseBody {
@@ -285,6 +327,11 @@ impl ResponseBody {
     /// A gateway-made body.
     pub fn full(bytes: Bytes) -> Self {
         ResponseBody::Full(Full::new(bytes))
+    }
+
+    /// This body, through `filter`.
+    pub fn filtered(self, filter: Box<dyn BodyFilter>) -> Self {
+        ResponseBody::Filtered(Box::new(Filtered { inner: self, filter, ended: false }))
     }
 }
 
@@ -333,6 +380,27 @@ impl Body for ResponseBody {
                 }
                 polled
             }
+            ResponseBody::Filtered(f) => {
+                let polled = Pin::new(&mut f.inner).poll_frame(cx);
+                match polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let frame = frame.map_data(|data| f.filter.on_data(data));
+                        if f.inner.is_end_stream() {
+                            f.end(true);
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(None) => {
+                        f.end(true);
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        f.end(false);
+                        Poll::Ready(Some(Err(e)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -340,6 +408,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => b.is_end_stream(),
             ResponseBody::Upstream(b, _) | ResponseBody::Pooled(b, _, _) => b.is_end_stream(),
+            ResponseBody::Filtered(f) => f.inner.is_end_stream(),
         }
     }
 
@@ -347,6 +416,15 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => b.size_hint(),
             ResponseBody::Upstream(b, _) | ResponseBody::Pooled(b, _, _) => b.size_hint(),
+            ResponseBody::Filtered(f) if f.filter.keeps_length() => f.inner.size_hint(),
+            // NB: a filter may change the length.
+            ResponseBody::Filtered(f) => {
+                let mut hint = SizeHint::new();
+                if f.inner.is_end_stream() {
+                    hint.set_exact(0);
+                }
+                hint
+            }
         }
     }
 }

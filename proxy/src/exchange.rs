@@ -138,4 +138,6 @@ pub struct StageState {
     /// The rate limit applied: requests, window (s) and the decision, for
     /// the `RateLimit` headers.
     pub rate_limit: Option<(u64, u64, crate::limits::Decision)>,
+    /// What the cache did.
+    pub cache: Option<crate::stages::CacheState>,
 }

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod cache;
 pub mod calllog;
 pub mod conn;
 pub mod errors;

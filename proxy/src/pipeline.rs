@@ -373,9 +373,12 @@ fn respond_through(
     response: Response<ResponseBody>,
     ran: usize,
 ) -> Response<ResponseBody> {
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
     for stage in route.stages[..ran].iter().rev() {
         stage.on_response(ex, &mut parts);
+        if let Some(filter) = stage.body_filter(ex, &parts) {
+            body = body.filtered(filter);
+        }
     }
     Response::from_parts(parts, body)
 }

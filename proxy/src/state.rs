@@ -143,6 +143,7 @@ impl Compiled {
         snapshot: Arc<Snapshot>,
         upstreams: &Upstreams,
         limiters: &crate::limits::Limiters,
+        cache: &Arc<crate::cache::ResponseCache>,
         metrics: &Metrics,
     ) -> Compiled {
         let keys = Arc::new(stages::KeyIndex::new(&snapshot.api_keys));
@@ -151,7 +152,8 @@ impl Compiled {
             .iter()
             .map(|route| {
                 let backend = compile_backend(&snapshot, route, upstreams, metrics);
-                let stages = stages::compile(stages::Context { snapshot: &snapshot, route, keys: &keys, limiters });
+                let stages =
+                    stages::compile(stages::Context { snapshot: &snapshot, route, keys: &keys, limiters, cache });
                 RouteRuntime {
                     id: Arc::from(route.id.as_str()),
                     tenant: route.tenant.as_deref().map(Arc::from),
@@ -214,8 +216,14 @@ fn compile_backend(
 
 /// The features this proxy enforces. A route that needs any other is not
 /// served (fail closed): see [`unsupported`].
-pub const SUPPORTED_FEATURES: &[Feature] =
-    &[Feature::ApiKeys, Feature::Subscriptions, Feature::DraftAccess, Feature::RateLimit, Feature::TenantQuotas];
+pub const SUPPORTED_FEATURES: &[Feature] = &[
+    Feature::ApiKeys,
+    Feature::Subscriptions,
+    Feature::DraftAccess,
+    Feature::RateLimit,
+    Feature::TenantQuotas,
+    Feature::Cache,
+];
 
 /// The fields of `route` that ask for something this proxy cannot
 /// enforce, comma-separated; empty when it can serve the route.
@@ -300,6 +308,8 @@ pub struct Gateway {
     pub upstreams: Upstreams,
     /// Rate-limit and quota state.
     pub limiters: crate::limits::Limiters,
+    /// The response cache.
+    pub cache: Arc<crate::cache::ResponseCache>,
     /// Request limits.
     pub limits: Limits,
 }
@@ -313,6 +323,7 @@ impl Gateway {
             metrics: Metrics::default(),
             upstreams: Upstreams::default(),
             limiters: Default::default(),
+            cache: Default::default(),
             limits,
         })
     }
@@ -320,7 +331,8 @@ impl Gateway {
     /// Compiles and installs a snapshot. In-flight requests finish on the
     /// snapshot they started with.
     pub fn install(&self, snapshot: Snapshot) -> Arc<Compiled> {
-        let compiled = Arc::new(Compiled::new(Arc::new(snapshot), &self.upstreams, &self.limiters, &self.metrics));
+        let compiled =
+            Arc::new(Compiled::new(Arc::new(snapshot), &self.upstreams, &self.limiters, &self.cache, &self.metrics));
         let previous = self.current.swap(Some(compiled.clone()));
         // Routes that are gone take their series with them.
         for route in previous.iter().flat_map(|p| &p.snapshot.routes) {
@@ -355,7 +367,13 @@ mod tests {
         inputs.load_yaml("test.yaml", yaml).expect("the YAML loads");
         let mut snapshot = snapshot::translate(&inputs).snapshot;
         edit(&mut snapshot);
-        Compiled::new(Arc::new(snapshot), &Upstreams::default(), &Default::default(), &Metrics::default())
+        Compiled::new(
+            Arc::new(snapshot),
+            &Upstreams::default(),
+            &Default::default(),
+            &Default::default(),
+            &Metrics::default(),
+        )
     }
 
     const DIRECT: &str = "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: mock }\nspec:\n  backend: { directResponse: { status: 200, body: ok } }\n";
@@ -375,8 +393,13 @@ mod tests {
 
     #[test]
     fn routes_needing_unsupported_features_are_unservable() {
-        let yaml = DIRECT.replace("spec:\n", "spec:\n  cache: { ttl: 10s }\n");
+        let jwt = "  auth: { mode: Jwt, jwt: { issuer: https://issuer.test, jwksUri: https://issuer.test/jwks } }\n";
+        let yaml = DIRECT.replace("spec:\n", &format!("spec:\n{jwt}"));
         let compiled = compiled(&yaml, |_| {});
-        assert!(matches!(&compiled.routes[0].backend, BackendRuntime::Unservable(f) if f == "spec.cache"));
+        assert!(
+            matches!(&compiled.routes[0].backend, BackendRuntime::Unservable(f) if f == "spec.auth.mode: Jwt"),
+            "{:?}",
+            compiled.routes[0].backend
+        );
     }
 }

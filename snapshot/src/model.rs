@@ -451,6 +451,9 @@ pub struct CachePolicy {
     pub vary_headers: Vec<String>,
     /// Largest body kept.
     pub max_body_bytes: u64,
+    /// One entry for every caller (else one per calling app).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
 }
 
 /// A hostname pattern reserved by a tenant.

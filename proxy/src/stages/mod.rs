@@ -4,7 +4,7 @@
 //! in [`compile`], and nowhere else.
 //!
 //! ```text
-//!   route ─> cors ─> api_key_auth ─> access ─> limit ─> [cache] ─> request_transform
+//!   route ─> cors ─> api_key_auth ─> access ─> limit ─> cache ─> request_transform
 //!             │   on_request (async, fallible), in order:                      │
 //!             │   Continue | Respond(answer, any body) | Err(ProxyError)       v
 //!             │          │                 │                      backend: direct answer,
@@ -27,13 +27,15 @@
 //! for every request, answered early or not, when the body ends; it calls
 //! [`Stage::on_finish`] of routes that have a stage wanting the outcome.
 //!
-//! The bracketed stage arrives with the cache work; it slots into
-//! [`compile`] between `limit` and `request_transform`. Lifecycle is
+//! A stage may also put the response body through a filter
+//! ([`Stage::body_filter`]): the cache keeps a copy of what it stores.
+//! Lifecycle is
 //! compiled by `translate`: a Retired route's backend is a 410 direct
 //! answer, and a Deprecated route's Deprecation/Sunset/Link headers are part
 //! of its response transform.
 
 mod auth;
+mod cache;
 mod cors;
 mod limit;
 mod request_transform;
@@ -47,6 +49,7 @@ use crate::errors::ProxyError;
 use crate::exchange::Exchange;
 
 pub use auth::KeyIndex;
+pub use cache::CacheState;
 
 /// What a request hook decided.
 #[derive(Debug)]
@@ -72,6 +75,8 @@ pub struct Context<'a> {
     pub keys: &'a std::sync::Arc<KeyIndex>,
     /// Rate-limit and quota state, kept across snapshots.
     pub limiters: &'a crate::limits::Limiters,
+    /// The response cache.
+    pub cache: &'a std::sync::Arc<crate::cache::ResponseCache>,
 }
 
 /// How a request ended, for [`Stage::on_finish`].
@@ -104,6 +109,8 @@ pub enum Stage {
     Access(auth::AccessCheck),
     /// Rate limits and the owning tenant's quotas.
     Limit(limit::Limit),
+    /// Answers from the response cache, and keeps answers in it.
+    Cache(cache::Cache),
     /// Request headers, path and query.
     RequestTransform(request_transform::RequestTransform),
     /// Response headers (and a Deprecated route's lifecycle headers).
@@ -118,6 +125,7 @@ impl Stage {
             Stage::ApiKeyAuth(_) => "api_key_auth",
             Stage::Access(_) => "access",
             Stage::Limit(_) => "limit",
+            Stage::Cache(_) => "cache",
             Stage::RequestTransform(_) => "request_transform",
             Stage::ResponseTransform(_) => "response_transform",
         }
@@ -131,6 +139,7 @@ impl Stage {
             Stage::ApiKeyAuth(stage) => stage.on_request(ex, req),
             Stage::Access(stage) => stage.on_request(ex),
             Stage::Limit(stage) => stage.on_request(ex, req),
+            Stage::Cache(stage) => stage.on_request(ex, req).await,
             Stage::RequestTransform(stage) => stage.on_request(ex, req),
             Stage::ResponseTransform(_) => Ok(Flow::Continue),
         }
@@ -142,6 +151,7 @@ impl Stage {
         match self {
             Stage::Cors(stage) => stage.on_response(ex, res),
             Stage::Limit(stage) => stage.on_response(ex, res),
+            Stage::Cache(stage) => stage.on_response(ex, res),
             Stage::ApiKeyAuth(_) | Stage::Access(_) | Stage::RequestTransform(_) => {}
             Stage::ResponseTransform(stage) => stage.on_response(res),
         }
@@ -155,6 +165,7 @@ impl Stage {
             | Stage::ApiKeyAuth(_)
             | Stage::Access(_)
             | Stage::Limit(_)
+            | Stage::Cache(_)
             | Stage::RequestTransform(_)
             | Stage::ResponseTransform(_) => {}
         }
@@ -168,8 +179,19 @@ impl Stage {
             | Stage::ApiKeyAuth(_)
             | Stage::Access(_)
             | Stage::Limit(_)
+            | Stage::Cache(_)
             | Stage::RequestTransform(_)
             | Stage::ResponseTransform(_) => false,
+        }
+    }
+
+    /// A filter for the response body on its way out, right after this
+    /// stage's response hook (the cache keeps a copy; the AI gateway
+    /// translates and counts streams).
+    pub fn body_filter(&self, ex: &mut Exchange, res: &response::Parts) -> Option<Box<dyn crate::body::BodyFilter>> {
+        match self {
+            Stage::Cache(stage) => stage.body_filter(ex, res),
+            _ => None,
         }
     }
 }
@@ -191,6 +213,9 @@ pub fn compile(cx: Context<'_>) -> Vec<Stage> {
     }
     if let Some(limit) = limit::Limit::new(cx, cx.limiters) {
         stages.push(Stage::Limit(limit));
+    }
+    if let Some(policy) = &route.cache {
+        stages.push(Stage::Cache(cache::Cache::new(route, policy, cx.cache)));
     }
     if let Some(t) = &route.request_transform {
         stages.push(Stage::RequestTransform(request_transform::RequestTransform::new(t)));

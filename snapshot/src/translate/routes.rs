@@ -98,6 +98,7 @@ fn compile(
             ttl_ms: millis(&cache.ttl, "spec.cache.ttl")?,
             vary_headers: lower_sorted(&cache.vary_headers, "spec.cache.varyHeaders")?,
             max_body_bytes: cache.max_body_bytes,
+            public: cache.public,
         }),
         None => None,
     };
