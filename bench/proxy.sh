@@ -23,6 +23,10 @@
 #   SLUICE_WILDCARD_HOSTS=0  that many extra routes, each on a wildcard host
 #                        (*.hN.bench.test), which the benchmark's requests
 #                        (Host: 127.0.0.1) never match: the cost of looking
+#   SLUICE_WATERFALL=0   1: sluice's route runs the whole waterfall (API key,
+#                        approved subscription, a rate limit that never
+#                        triggers, a header transform, metrics, call log on)
+#                        while the peers proxy plainly
 #   SLUICE_ROUTES=0      that many extra routes (exact paths); the run then
 #                        prints sluice's resident memory (beside a sluice
 #                        with one route: the cost a route adds) and
@@ -48,6 +52,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 TARGETS=(direct nginx haproxy sluice)
 declare -A URL=()          # target -> URL wrk loads
+SLUICE_HEADERS=()          # extra wrk arguments for sluice (the waterfall scenario)
 declare -A PID=()          # target -> PID of the (main) process we started
 declare -A UNAVAILABLE=()  # target -> reason it did not run
 STARTED_PIDS=()            # every server process we started, for cleanup
@@ -228,7 +233,9 @@ wait_http() {
       echo "process exited"
       return 1
     fi
-    out=$(curl -s --noproxy '*' -m 2 -w '\n%{http_code}' "$url" 2>/dev/null) || out=$'\n000'
+    local extra=()
+    [[ $url == "${URL[sluice]:-}" ]] && extra=("${SLUICE_HEADERS[@]}")
+    out=$(curl -s --noproxy '*' -m 2 -w '\n%{http_code}' "${extra[@]}" "$url" 2>/dev/null) || out=$'\n000'
     code=${out##*$'\n'}
     if [[ $code == 200 ]] && [[ -z $body || ${out%$'\n'*} == "$body" ]]; then
       return 0
@@ -365,6 +372,57 @@ EOF
       printf -- '---\napiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: wild-%d, namespace: default }\nspec:\n  hosts: ["*.h%d.bench.test"]\n  backend: { upstreams: [ { url: "http://127.0.0.1:%s" } ] }\n' "$i" "$i" "$UPSTREAM_PORT"
     done >"$dir/config/wildcards.yaml"
   fi
+  if [[ ${SLUICE_WATERFALL:-0} == 1 ]]; then
+    # The whole waterfall on one route: an API key, an approved
+    # subscription, a rate limit that never triggers, a header transform;
+    # metrics always, and the call log on (to the log file).
+    SLUICE_CALL_LOG=on
+    SLUICE_HEADERS=(-H "Host: api.bench.test" -H "x-api-key: sk-bench-partner")
+    cat >"$dir/config/bench.yaml" <<EOF
+apiVersion: sluice.dev/v1alpha1
+kind: Tenant
+metadata: { name: bench }
+spec:
+  namespaces: [bench]
+  hostnames: [api.bench.test]
+  apps: [{ name: console }]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Tenant
+metadata: { name: partner }
+spec:
+  namespaces: [partner]
+  apps: [{ name: loadgen }]
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: loadgen-key, namespace: partner, labels: { sluice.dev/app: loadgen } }
+type: sluice.dev/api-key
+stringData: { api-key: sk-bench-partner }
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRoute
+metadata: { name: bench, namespace: bench }
+spec:
+  hosts: [api.bench.test]
+  auth: { mode: ApiKey }
+  subscription: { required: true, approval: Manual }
+  rateLimit: { requests: 100000000, period: Second, key: App }
+  requestTransform:
+    setHeaders: [{ name: x-bench, value: waterfall }]
+  backend:
+    upstreams:
+      - url: http://127.0.0.1:$UPSTREAM_PORT
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Subscription
+metadata: { name: loadgen-bench, namespace: partner }
+spec:
+  app: loadgen
+  route: { namespace: bench, name: bench }
+  approval: { state: Approved }
+EOF
+  fi
   if ((${SLUICE_ROUTES:-0} > 0)); then
     for ((i = 0; i < SLUICE_ROUTES; i++)); do
       printf -- '---\napiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: r-%d, namespace: default }\nspec:\n  matches: [ { path: { type: Exact, value: /r/%d } } ]\n  backend: { upstreams: [ { url: "http://127.0.0.1:%s" } ] }\n' "$i" "$i" "$UPSTREAM_PORT"
@@ -453,7 +511,10 @@ box_busy() {
 
 # run_wrk SECONDS URL OUTFILE: one wrk run pinned to the load CPU.
 run_wrk() {
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$1"s --latency "$2" >"$3" 2>&1 &
+  local headers=()
+  # The waterfall scenario's requests name its host and carry an API key.
+  [[ $2 == "${URL[sluice]:-}" ]] && headers=("${SLUICE_HEADERS[@]}")
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$1"s --latency "${headers[@]}" "$2" >"$3" 2>&1 &
   WRK_PID=$!
   wait "$WRK_PID"
   WRK_PID=""

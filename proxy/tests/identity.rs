@@ -197,3 +197,61 @@ async fn subscriptions_private_and_draft_routes_decide_who_may_call() {
     let metrics = get(&proxy.admin_url("/metrics")).await.text();
     assert!(!metrics.contains(r#"route="payments/charges""#), "{metrics}");
 }
+
+/// Tenant isolation over every combination of caller tenant, route
+/// visibility, lifecycle, subscription policy and the caller's
+/// subscription state: no identity of another tenant reaches a Private or
+/// Draft route, and a required subscription must be approved.
+#[tokio::test]
+async fn every_combination_of_caller_route_and_subscription_is_decided_right() {
+    let upstream = Upstream::named("served").await;
+    let tenants = "apiVersion: sluice.dev/v1alpha1\nkind: Tenant\nmetadata: { name: payments }\nspec:\n  namespaces: [payments]\n  hostnames: [pay.test]\n  apps: [{ name: console }]\n---\napiVersion: sluice.dev/v1alpha1\nkind: Tenant\nmetadata: { name: shop }\nspec:\n  namespaces: [shop]\n  apps: [{ name: web }]\n---\n";
+    let mut yaml =
+        [tenants.to_owned(), key_secret("payments", "console", CONSOLE_KEY), key_secret("shop", "web", WEB_KEY)]
+            .concat();
+    let mut cases = Vec::new();
+    for visibility in ["Private", "Tenant", "Public"] {
+        for lifecycle in ["Draft", "Published"] {
+            for required in [true, false] {
+                for state in ["None", "Pending", "Approved", "Rejected", "Revoked"] {
+                    let name = format!("{}-{}-{}-{}", visibility, lifecycle, required, state).to_ascii_lowercase();
+                    yaml.push_str(&format!(
+                        "apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{ name: {name}, namespace: payments }}\nspec:\n  hosts: [pay.test]\n  matches: [{{ path: {{ type: Exact, value: /{name} }} }}]\n  visibility: {visibility}\n  lifecycle: {{ state: {lifecycle} }}\n  auth: {{ mode: ApiKey }}\n  subscription: {{ required: {required}, approval: Manual }}\n  backend: {{ upstreams: [{{ url: {} }}] }}\n---\n",
+                        upstream.url()
+                    ));
+                    if state != "None" {
+                        yaml.push_str(&format!(
+                            "apiVersion: sluice.dev/v1alpha1\nkind: Subscription\nmetadata: {{ name: web-{name}, namespace: shop }}\nspec:\n  app: web\n  route: {{ namespace: payments, name: {name} }}\n  approval: {{ state: {state} }}\n---\n"
+                        ));
+                    }
+                    cases.push((name, visibility, lifecycle, required, state));
+                }
+            }
+        }
+    }
+    let proxy = Proxy::start(&yaml);
+    let mut checked = 0;
+    for (name, visibility, lifecycle, required, state) in cases {
+        let path = format!("/{name}");
+        // The owning tenant's own app: always.
+        let own = call(&proxy, &path, &[("x-api-key", CONSOLE_KEY)]).await;
+        assert_eq!(own.status, 200, "{name} for the owner: {}", own.text());
+        // Another tenant's app.
+        let expected: (u16, &str) = if visibility == "Private" || lifecycle == "Draft" {
+            (403, "forbidden")
+        } else if !required || state == "Approved" {
+            (200, "")
+        } else if state == "Pending" {
+            (403, "subscription-pending")
+        } else {
+            (403, "subscription-required")
+        };
+        let hits = upstream.hits();
+        let other = call(&proxy, &path, &[("x-api-key", WEB_KEY)]).await;
+        let kind = if other.status == 200 { String::new() } else { problem_type(&other) };
+        assert_eq!((other.status.as_u16(), kind.as_str()), expected, "{name} for another tenant's app");
+        assert_eq!(upstream.hits(), hits + usize::from(expected.0 == 200), "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 60);
+}
