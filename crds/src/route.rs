@@ -358,6 +358,32 @@ pub struct JwtAuth {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub audiences: Vec<String>,
+    /// The claim naming the calling app's OAuth client (matched against
+    /// the tenants' `apps[].clientIds`); `azp`, then `client_id`, when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub client_id_claim: Option<String>,
+    /// Claims copied into request headers for the upstream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub claim_headers: Vec<ClaimHeader>,
+    /// Whether the upstream gets the token in `Authorization` too (by
+    /// default it does not: it learns the caller from `x-sluice-*`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_authorization: bool,
+}
+
+/// A token claim copied into a request header.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimHeader {
+    /// The claim (a string or a number).
+    #[schemars(length(min = 1, max = 256))]
+    pub claim: String,
+    /// The header it goes in (not an `x-sluice-` one).
+    #[schemars(length(min = 1, max = 256))]
+    pub header: String,
 }
 
 /// Whether callers need an approved subscription.

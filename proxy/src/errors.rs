@@ -108,6 +108,13 @@ pub enum ProxyError {
         /// What the caller is told.
         detail: String,
     },
+    /// The route's token issuer could not be reached and no keys of it
+    /// are held: tokens cannot be checked, so nobody is let in.
+    #[error("{detail}")]
+    IdentityUnavailable {
+        /// What failed (for the log).
+        detail: String,
+    },
     /// A rate limit or quota is used up. Answered 429 with `Retry-After`.
     #[error("{detail}")]
     TooManyRequests {
@@ -147,6 +154,7 @@ impl ProxyError {
             ProxyError::RequestTimeout { .. } => "request-timeout",
             ProxyError::ClientClosed => "client-closed",
             ProxyError::Misdirected { .. } => "misdirected-request",
+            ProxyError::IdentityUnavailable { .. } => "identity-provider-unavailable",
             ProxyError::Unauthorized { kind, .. }
             | ProxyError::Forbidden { kind, .. }
             | ProxyError::TooManyRequests { kind, .. } => kind,
@@ -172,6 +180,7 @@ impl ProxyError {
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::IdentityUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -193,7 +202,9 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint { .. }
             | ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. } => ErrorSource::Upstream,
-            ProxyError::NotReady | ProxyError::RouteUnsupported { .. } => ErrorSource::Internal,
+            ProxyError::NotReady | ProxyError::RouteUnsupported { .. } | ProxyError::IdentityUnavailable { .. } => {
+                ErrorSource::Internal
+            }
         }
     }
 
@@ -216,6 +227,7 @@ impl ProxyError {
             ProxyError::Forbidden { kind: "subscription-pending", .. } => "Subscription pending",
             ProxyError::Forbidden { kind: "subscription-required", .. } => "Subscription required",
             ProxyError::Forbidden { .. } => "Forbidden",
+            ProxyError::IdentityUnavailable { .. } => "Identity provider unavailable",
             ProxyError::TooManyRequests { kind: "quota-exceeded", .. } => "Quota exceeded",
             ProxyError::TooManyRequests { .. } => "Too many requests",
         }
@@ -231,6 +243,9 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout { timeout_ms, .. } => {
                 format!("the upstream did not answer within {timeout_ms} ms")
+            }
+            ProxyError::IdentityUnavailable { .. } => {
+                "the keys that verify this API's tokens cannot be had right now; try again later".into()
             }
             ProxyError::RouteUnsupported { fields, .. } => {
                 format!("this route needs {fields}, which this proxy cannot enforce yet, so it is not served")

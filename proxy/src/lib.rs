@@ -22,6 +22,7 @@ pub mod conn;
 pub mod errors;
 pub mod exchange;
 pub mod ingress;
+pub mod jwks;
 pub mod limits;
 pub mod log;
 pub mod metrics;

@@ -144,16 +144,25 @@ impl Compiled {
         upstreams: &Upstreams,
         limiters: &crate::limits::Limiters,
         cache: &Arc<crate::cache::ResponseCache>,
+        jwks: &crate::jwks::JwksCache,
         metrics: &Metrics,
     ) -> Compiled {
         let keys = Arc::new(stages::KeyIndex::new(&snapshot.api_keys));
+        let clients = Arc::new(stages::ClientIndex::new(&snapshot));
         let routes: Vec<RouteRuntime> = snapshot
             .routes
             .iter()
             .map(|route| {
                 let backend = compile_backend(&snapshot, route, upstreams, metrics);
-                let stages =
-                    stages::compile(stages::Context { snapshot: &snapshot, route, keys: &keys, limiters, cache });
+                let stages = stages::compile(stages::Context {
+                    snapshot: &snapshot,
+                    route,
+                    keys: &keys,
+                    limiters,
+                    cache,
+                    clients: &clients,
+                    jwks,
+                });
                 RouteRuntime {
                     id: Arc::from(route.id.as_str()),
                     tenant: route.tenant.as_deref().map(Arc::from),
@@ -178,6 +187,9 @@ impl Compiled {
             .collect();
         upstreams.retain(&snapshot);
         limiters.retain(&snapshot);
+        let issuers: Vec<&str> =
+            snapshot.routes.iter().filter_map(|r| r.auth.jwt.as_deref()).map(|j| j.jwks_uri.as_str()).collect();
+        jwks.retain(&issuers);
         Compiled {
             version: Arc::from(snapshot.version.as_str()),
             router: Router::new(&snapshot.routes, &snapshot.reserved_hosts),
@@ -223,6 +235,7 @@ pub const SUPPORTED_FEATURES: &[Feature] = &[
     Feature::RateLimit,
     Feature::TenantQuotas,
     Feature::Cache,
+    Feature::Jwt,
 ];
 
 /// The fields of `route` that ask for something this proxy cannot
@@ -310,6 +323,8 @@ pub struct Gateway {
     pub limiters: crate::limits::Limiters,
     /// The response cache.
     pub cache: Arc<crate::cache::ResponseCache>,
+    /// Token issuers' keys.
+    pub jwks: crate::jwks::JwksCache,
     /// Request limits.
     pub limits: Limits,
 }
@@ -324,6 +339,7 @@ impl Gateway {
             upstreams: Upstreams::default(),
             limiters: Default::default(),
             cache: Default::default(),
+            jwks: Default::default(),
             limits,
         })
     }
@@ -331,8 +347,14 @@ impl Gateway {
     /// Compiles and installs a snapshot. In-flight requests finish on the
     /// snapshot they started with.
     pub fn install(&self, snapshot: Snapshot) -> Arc<Compiled> {
-        let compiled =
-            Arc::new(Compiled::new(Arc::new(snapshot), &self.upstreams, &self.limiters, &self.cache, &self.metrics));
+        let compiled = Arc::new(Compiled::new(
+            Arc::new(snapshot),
+            &self.upstreams,
+            &self.limiters,
+            &self.cache,
+            &self.jwks,
+            &self.metrics,
+        ));
         let previous = self.current.swap(Some(compiled.clone()));
         // Routes that are gone take their series with them.
         for route in previous.iter().flat_map(|p| &p.snapshot.routes) {
@@ -372,6 +394,7 @@ mod tests {
             &Upstreams::default(),
             &Default::default(),
             &Default::default(),
+            &Default::default(),
             &Metrics::default(),
         )
     }
@@ -393,11 +416,12 @@ mod tests {
 
     #[test]
     fn routes_needing_unsupported_features_are_unservable() {
-        let jwt = "  auth: { mode: Jwt, jwt: { issuer: https://issuer.test, jwksUri: https://issuer.test/jwks } }\n";
-        let yaml = DIRECT.replace("spec:\n", &format!("spec:\n{jwt}"));
-        let compiled = compiled(&yaml, |_| {});
+        let compiled = compiled(DIRECT, |s| {
+            s.routes[0].backend =
+                Backend::Ai(Box::new(snapshot::AiRoute { targets: Vec::new(), fallback: Vec::new(), prompt: None }));
+        });
         assert!(
-            matches!(&compiled.routes[0].backend, BackendRuntime::Unservable(f) if f == "spec.auth.mode: Jwt"),
+            matches!(&compiled.routes[0].backend, BackendRuntime::Unservable(f) if f == "spec.backend.ai"),
             "{:?}",
             compiled.routes[0].backend
         );

@@ -215,7 +215,7 @@ fn tls_target(options: &snapshot::UpstreamTls) -> Result<(pool::TlsTarget, u64),
     Ok((pool::TlsTarget { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), server_name }, id))
 }
 
-fn build_client(connect_ms: u64, idle_ms: u64, h2c: bool) -> HttpClient {
+pub(crate) fn build_client(connect_ms: u64, idle_ms: u64, h2c: bool) -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(Duration::from_millis(connect_ms)));
     http.set_nodelay(true);

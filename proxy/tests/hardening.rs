@@ -43,18 +43,11 @@ async fn raw(proxy: &Proxy, head: &str) -> RawAnswer {
 async fn routes_with_policies_this_proxy_cannot_enforce_answer_503_and_say_why() {
     let secure = Upstream::named("secure").await;
     let fallback = Upstream::named("fallback").await;
-    let yaml = [
-        route(
-            "secure",
-            "/secure",
-            &[&secure.url()],
-            "  auth: { mode: Jwt, jwt: { issuer: https://issuer.test, jwksUri: http://127.0.0.1:9/jwks } }\n",
-        ),
-        route("fallback", "/", &[&fallback.url()], ""),
-    ]
-    .concat();
+    // An AI backend: served by the AI gateway, which is not built yet.
+    let ai = "apiVersion: sluice.dev/v1alpha1\nkind: AiProvider\nmetadata: { name: local }\nspec:\n  type: ollama\n  baseUrl: http://127.0.0.1:9\n  models: [{ name: llama3 }]\n---\napiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: secure }\nspec:\n  matches: [{ path: { type: PathPrefix, value: /secure } }]\n  backend: { ai: { targets: [{ provider: local, model: llama3 }] } }\n---\n";
+    let yaml = [ai.to_owned(), route("fallback", "/", &[&fallback.url()], "")].concat();
     let proxy = Proxy::start(&yaml);
-    for (path, field) in [("/secure/x", "spec.auth.mode: Jwt")] {
+    for (path, field) in [("/secure/x", "spec.backend.ai")] {
         let answer = get(&proxy.url(path)).await;
         assert_eq!(answer.status, 503, "{path}: {}", answer.text());
         assert_eq!(answer.header("content-type"), Some("application/problem+json"));
@@ -81,7 +74,7 @@ async fn routes_with_policies_this_proxy_cannot_enforce_answer_503_and_say_why()
         .expect("a Programmed condition");
     assert_eq!(programmed["status"], "False");
     assert_eq!(programmed["reason"], "UnsupportedByProxy");
-    assert!(programmed["message"].as_str().is_some_and(|m| m.contains("spec.auth.mode")), "{programmed}");
+    assert!(programmed["message"].as_str().is_some_and(|m| m.contains("spec.backend.ai")), "{programmed}");
 }
 
 // ---------------------------------------------------------------------------

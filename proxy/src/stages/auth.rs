@@ -186,7 +186,7 @@ impl ApiKeyAuth {
 }
 
 /// The token of `Bearer TOKEN` (the scheme in any case).
-fn bearer(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
     if !scheme.eq_ignore_ascii_case(b"bearer ") {
         return None;

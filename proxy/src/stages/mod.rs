@@ -4,7 +4,7 @@
 //! in [`compile`], and nowhere else.
 //!
 //! ```text
-//!   route ─> cors ─> api_key_auth ─> access ─> limit ─> cache ─> request_transform
+//!   route ─> cors ─> api_key_auth | jwt_auth ─> access ─> limit ─> cache ─> request_transform
 //!             │   on_request (async, fallible), in order:                      │
 //!             │   Continue | Respond(answer, any body) | Err(ProxyError)       v
 //!             │          │                 │                      backend: direct answer,
@@ -37,6 +37,7 @@
 mod auth;
 mod cache;
 mod cors;
+mod jwt;
 mod limit;
 mod request_transform;
 mod response_transform;
@@ -50,6 +51,7 @@ use crate::exchange::Exchange;
 
 pub use auth::KeyIndex;
 pub use cache::CacheState;
+pub use jwt::ClientIndex;
 
 /// What a request hook decided.
 #[derive(Debug)]
@@ -77,6 +79,10 @@ pub struct Context<'a> {
     pub limiters: &'a crate::limits::Limiters,
     /// The response cache.
     pub cache: &'a std::sync::Arc<crate::cache::ResponseCache>,
+    /// Apps by OAuth client id (shared by every route).
+    pub clients: &'a std::sync::Arc<ClientIndex>,
+    /// Token issuers' keys, kept across snapshots.
+    pub jwks: &'a crate::jwks::JwksCache,
 }
 
 /// How a request ended, for [`Stage::on_finish`].
@@ -105,6 +111,8 @@ pub enum Stage {
     Cors(cors::Cors),
     /// Who is calling, by API key.
     ApiKeyAuth(auth::ApiKeyAuth),
+    /// Who is calling, by JWT (or API key, on `ApiKeyOrJwt` routes).
+    Jwt(jwt::JwtAuth),
     /// Whether that caller may call the route.
     Access(auth::AccessCheck),
     /// Rate limits and the owning tenant's quotas.
@@ -123,6 +131,7 @@ impl Stage {
         match self {
             Stage::Cors(_) => "cors",
             Stage::ApiKeyAuth(_) => "api_key_auth",
+            Stage::Jwt(_) => "jwt_auth",
             Stage::Access(_) => "access",
             Stage::Limit(_) => "limit",
             Stage::Cache(_) => "cache",
@@ -137,6 +146,7 @@ impl Stage {
         match self {
             Stage::Cors(stage) => Ok(stage.on_request(ex, req)),
             Stage::ApiKeyAuth(stage) => stage.on_request(ex, req),
+            Stage::Jwt(stage) => stage.on_request(ex, req).await,
             Stage::Access(stage) => stage.on_request(ex),
             Stage::Limit(stage) => stage.on_request(ex, req),
             Stage::Cache(stage) => stage.on_request(ex, req).await,
@@ -152,7 +162,7 @@ impl Stage {
             Stage::Cors(stage) => stage.on_response(ex, res),
             Stage::Limit(stage) => stage.on_response(ex, res),
             Stage::Cache(stage) => stage.on_response(ex, res),
-            Stage::ApiKeyAuth(_) | Stage::Access(_) | Stage::RequestTransform(_) => {}
+            Stage::ApiKeyAuth(_) | Stage::Jwt(_) | Stage::Access(_) | Stage::RequestTransform(_) => {}
             Stage::ResponseTransform(stage) => stage.on_response(res),
         }
     }
@@ -163,6 +173,7 @@ impl Stage {
         match self {
             Stage::Cors(_)
             | Stage::ApiKeyAuth(_)
+            | Stage::Jwt(_)
             | Stage::Access(_)
             | Stage::Limit(_)
             | Stage::Cache(_)
@@ -177,6 +188,7 @@ impl Stage {
         match self {
             Stage::Cors(_)
             | Stage::ApiKeyAuth(_)
+            | Stage::Jwt(_)
             | Stage::Access(_)
             | Stage::Limit(_)
             | Stage::Cache(_)
@@ -205,8 +217,18 @@ pub fn compile(cx: Context<'_>) -> Vec<Stage> {
     if let Some(cors) = &route.cors {
         stages.push(Stage::Cors(cors::Cors::new(cors, &route.matches)));
     }
-    if route.auth.mode == crds::AuthMode::ApiKey {
-        stages.push(Stage::ApiKeyAuth(auth::ApiKeyAuth::new(route, cx.keys)));
+    match (route.auth.mode, route.auth.jwt.as_deref()) {
+        (crds::AuthMode::ApiKey, _) => stages.push(Stage::ApiKeyAuth(auth::ApiKeyAuth::new(route, cx.keys))),
+        (crds::AuthMode::Jwt, Some(jwt)) => {
+            stages.push(Stage::Jwt(jwt::JwtAuth::new(jwt, cx.jwks.source(&jwt.jwks_uri), cx.clients, None)));
+        }
+        (crds::AuthMode::ApiKeyOrJwt, Some(jwt)) => {
+            let keys = auth::ApiKeyAuth::new(route, cx.keys);
+            stages.push(Stage::Jwt(jwt::JwtAuth::new(jwt, cx.jwks.source(&jwt.jwks_uri), cx.clients, Some(keys))));
+        }
+        // NB: translate refuses a JWT mode without its settings; the
+        // access stage then finds no caller and lets nobody in.
+        _ => {}
     }
     if auth::AccessCheck::needed(route) {
         stages.push(Stage::Access(auth::AccessCheck::new(route)));

@@ -399,6 +399,21 @@ fn compile_auth(spec: &ApiRouteSpec) -> Result<AuthPolicy, Rejection> {
             })?;
             check_url(&jwt.jwks_uri)
                 .map_err(|e| Rejection::invalid(reason::INVALID, format!("spec.auth.jwt.jwksUri {e}.")))?;
+            for (i, mapping) in jwt.claim_headers.iter().enumerate() {
+                let header = mapping.header.to_ascii_lowercase();
+                let valid = http::HeaderName::from_bytes(header.as_bytes()).is_ok();
+                // NB: identity headers are the gateway's alone, and a
+                // claim must not replace what says who the caller is.
+                if !valid || header.starts_with("x-sluice-") || header == "authorization" || header == "host" {
+                    return Err(Rejection::invalid(
+                        reason::INVALID,
+                        format!(
+                            "spec.auth.jwt.claimHeaders[{i}].header {:?} is not a header a claim may set.",
+                            mapping.header
+                        ),
+                    ));
+                }
+            }
             Some(jwt)
         }
         AuthMode::None | AuthMode::ApiKey => None,
