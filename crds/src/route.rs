@@ -345,15 +345,21 @@ fn default_api_key_header() -> String {
 }
 
 /// How JWT bearer tokens are verified.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.jwksUri) != has(self.jwksSecretRef)").message("auth.jwt needs exactly one of jwksUri or jwksSecretRef"))]
 pub struct JwtAuth {
     /// The expected `iss` claim.
     #[schemars(length(min = 1, max = 2048))]
     pub issuer: String,
-    /// Where the signing keys are published (JWKS, https).
+    /// Where the signing keys are published (a JWKS document, https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
-    pub jwks_uri: String,
+    pub jwks_uri: Option<String>,
+    /// A Secret in the route's namespace holding the JWKS document, for
+    /// issuers the gateway cannot or should not reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_secret_ref: Option<JwksSecretRef>,
     /// Accepted `aud` values; any audience when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
@@ -372,6 +378,23 @@ pub struct JwtAuth {
     /// default it does not: it learns the caller from `x-sluice-*`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forward_authorization: bool,
+}
+
+/// A Secret key holding a JWKS document.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwksSecretRef {
+    /// Name of the Secret, in the route's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret's data.
+    #[serde(default = "default_jwks_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_jwks_key() -> String {
+    "jwks.json".to_owned()
 }
 
 /// A token claim copied into a request header.

@@ -449,6 +449,24 @@ fn invalid_cases() -> Vec<Case> {
             with(minimal_route(), "auth", json!({ "mode": "ApiKeyOrJwt" })),
         ),
         case(
+            "jwt with both a JWKS URL and a Secret",
+            "ApiRoute",
+            "spec.auth.jwt",
+            "auth.jwt needs exactly one of jwksUri or jwksSecretRef",
+            with(
+                minimal_route(),
+                "auth",
+                json!({ "mode": "Jwt", "jwt": { "issuer": "https://issuer.test", "jwksUri": "https://issuer.test/jwks", "jwksSecretRef": { "name": "keys" } } }),
+            ),
+        ),
+        case(
+            "jwt with neither a JWKS URL nor a Secret",
+            "ApiRoute",
+            "spec.auth.jwt",
+            "auth.jwt needs exactly one of jwksUri or jwksSecretRef",
+            with(minimal_route(), "auth", json!({ "mode": "Jwt", "jwt": { "issuer": "https://issuer.test" } })),
+        ),
+        case(
             "subscription required on an anonymous route",
             "ApiRoute",
             "spec",
@@ -877,5 +895,5 @@ fn every_cel_rule_has_an_invalid_case() {
         .collect();
     assert!(uncovered.is_empty(), "CEL rules without an invalid case in invalid_cases(): {uncovered:#?}");
     // Pin the count so a rule that silently disappears is noticed too.
-    assert_eq!(rules.len(), 23, "number of CEL rules across the four CRDs: {rules:#?}");
+    assert_eq!(rules.len(), 24, "number of CEL rules across the four CRDs: {rules:#?}");
 }

@@ -47,6 +47,24 @@ impl JwksCache {
             .clone()
     }
 
+    /// A source whose keys are given (a JWKS document from a Secret):
+    /// never fetched. A document that does not parse holds no keys, so
+    /// its tokens are refused.
+    pub fn fixed(document: &str) -> Arc<JwksSource> {
+        let keys = serde_json::from_str::<JwkSet>(document).ok().map(Arc::new);
+        if keys.is_none() {
+            crate::say!("a JWKS document from a Secret does not parse: tokens of its route are refused");
+        }
+        Arc::new(JwksSource {
+            uri: String::new(),
+            keys: RwLock::new(keys),
+            fetched_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+            tried_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+            fetching: tokio::sync::Mutex::new(()),
+            client: std::sync::OnceLock::new(),
+        })
+    }
+
     /// Forgets sources no route uses any more.
     pub fn retain(&self, used: &[&str]) {
         self.sources.lock().unwrap_or_else(PoisonError::into_inner).retain(|uri, _| used.contains(&uri.as_str()));
@@ -78,8 +96,12 @@ impl JwksSource {
     /// The key set, fetching it first when there is none yet, or when it
     /// lacks `kid` and was not fetched in the last [`MIN_REFETCH`].
     pub async fn keys(self: &Arc<Self>, kid: Option<&str>) -> Result<Arc<JwkSet>, JwksError> {
-        let now = crate::upstream::now_ms();
         let current = self.current();
+        if self.uri.is_empty() {
+            // Given, not fetched.
+            return current.ok_or_else(|| JwksError::Unavailable("a Secret".into(), "not a JWKS document".into()));
+        }
+        let now = crate::upstream::now_ms();
         let missing = |set: &JwkSet| kid.is_some_and(|kid| set.find(kid).is_none());
         match &current {
             Some(set) if !missing(set) => {

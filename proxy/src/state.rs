@@ -188,7 +188,7 @@ impl Compiled {
         upstreams.retain(&snapshot);
         limiters.retain(&snapshot);
         let issuers: Vec<&str> =
-            snapshot.routes.iter().filter_map(|r| r.auth.jwt.as_deref()).map(|j| j.jwks_uri.as_str()).collect();
+            snapshot.routes.iter().filter_map(|r| r.auth.jwt.as_deref()?.jwks_uri.as_deref()).collect();
         jwks.retain(&issuers);
         Compiled {
             version: Arc::from(snapshot.version.as_str()),

@@ -243,3 +243,35 @@ async fn without_the_issuers_keys_nobody_gets_in_and_api_keys_still_work_where_a
     }
     assert_eq!(status, 200, "the keys are fetched once the issuer answers");
 }
+
+#[tokio::test]
+async fn keys_can_come_from_a_secret_instead_of_a_url() {
+    let keys = Keys::new();
+    let upstream = Upstream::named("orders").await;
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: issuer-keys, namespace: payments }}\nstringData:\n  jwks.json: '{}'\n---\n",
+        keys.jwks()
+    );
+    let yaml = platform("UNUSED", &upstream.url(), "Jwt")
+        .replace("      jwksUri: UNUSED/jwks\n", "      jwksSecretRef: { name: issuer-keys }\n");
+    assert!(yaml.contains("jwksSecretRef"), "{yaml}");
+    let proxy = Proxy::start(&format!("{secret}{yaml}"));
+    let token = sign(Algorithm::EdDSA, "ed-1", &keys.ed.0, &claims(|_| {}));
+    let answer = call(&proxy, &[&format!("Bearer {token}")], &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let forged = sign(
+        Algorithm::ES256,
+        "ec-1",
+        &EncodingKey::from_ec_pem(
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key").serialize_pem().as_bytes(),
+        )
+        .expect("pem"),
+        &claims(|_| {}),
+    );
+    let answer = call(&proxy, &[&format!("Bearer {forged}")], &[]).await;
+    assert_eq!(
+        (answer.status.as_u16(), problem_type(&answer).as_str()),
+        (401, "invalid-token"),
+        "another key's signature"
+    );
+}

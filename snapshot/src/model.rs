@@ -190,6 +190,10 @@ pub struct AuthPolicy {
     /// JWT verification settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<Box<JwtAuth>>,
+    /// The issuer's JWKS document, when it comes from a Secret (public
+    /// keys only: nothing secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
 }
 
 /// Which apps may call a route.

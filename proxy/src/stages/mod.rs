@@ -219,12 +219,16 @@ pub fn compile(cx: Context<'_>) -> Vec<Stage> {
     }
     match (route.auth.mode, route.auth.jwt.as_deref()) {
         (crds::AuthMode::ApiKey, _) => stages.push(Stage::ApiKeyAuth(auth::ApiKeyAuth::new(route, cx.keys))),
-        (crds::AuthMode::Jwt, Some(jwt)) => {
-            stages.push(Stage::Jwt(jwt::JwtAuth::new(jwt, cx.jwks.source(&jwt.jwks_uri), cx.clients, None)));
-        }
-        (crds::AuthMode::ApiKeyOrJwt, Some(jwt)) => {
-            let keys = auth::ApiKeyAuth::new(route, cx.keys);
-            stages.push(Stage::Jwt(jwt::JwtAuth::new(jwt, cx.jwks.source(&jwt.jwks_uri), cx.clients, Some(keys))));
+        (mode @ (crds::AuthMode::Jwt | crds::AuthMode::ApiKeyOrJwt), Some(jwt)) => {
+            let source = match (&route.auth.jwks, &jwt.jwks_uri) {
+                (Some(document), _) => crate::jwks::JwksCache::fixed(document),
+                (None, Some(uri)) => cx.jwks.source(uri),
+                // NB: translate requires one of them; with neither, no key
+                // verifies anything.
+                (None, None) => crate::jwks::JwksCache::fixed(""),
+            };
+            let keys = (mode == crds::AuthMode::ApiKeyOrJwt).then(|| auth::ApiKeyAuth::new(route, cx.keys));
+            stages.push(Stage::Jwt(jwt::JwtAuth::new(jwt, source, cx.clients, keys)));
         }
         // NB: translate refuses a JWT mode without its settings; the
         // access stage then finds no caller and lets nobody in.

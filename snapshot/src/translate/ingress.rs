@@ -112,6 +112,7 @@ fn compile(
                     api_key_header: "x-api-key".to_owned(),
                     api_key_query: None,
                     jwt: None,
+                    jwks: None,
                 },
                 access: Access::default(),
                 backend,

@@ -60,7 +60,7 @@ fn compile(
         }
     };
 
-    let auth = compile_auth(spec)?;
+    let auth = compile_auth(index, namespace, spec)?;
     // NB: a Draft is callable by its own tenant's apps only, so it needs to
     // know who calls, and every other app needs a grant it cannot get.
     let draft = spec.lifecycle.state == LifecycleState::Draft;
@@ -380,7 +380,7 @@ fn deprecation_headers(spec: &ApiRouteSpec) -> Result<Vec<HeaderValue>, Rejectio
     Ok(headers)
 }
 
-fn compile_auth(spec: &ApiRouteSpec) -> Result<AuthPolicy, Rejection> {
+fn compile_auth(index: &Index<'_>, namespace: &str, spec: &ApiRouteSpec) -> Result<AuthPolicy, Rejection> {
     let auth = &spec.auth;
     let api_key_header = auth.api_key.header.to_ascii_lowercase();
     if http::HeaderName::from_bytes(api_key_header.as_bytes()).is_err() {
@@ -397,8 +397,19 @@ fn compile_auth(spec: &ApiRouteSpec) -> Result<AuthPolicy, Rejection> {
                     "spec.auth.jwt is required when spec.auth.mode is Jwt or ApiKeyOrJwt.",
                 )
             })?;
-            check_url(&jwt.jwks_uri)
-                .map_err(|e| Rejection::invalid(reason::INVALID, format!("spec.auth.jwt.jwksUri {e}.")))?;
+            match (&jwt.jwks_uri, &jwt.jwks_secret_ref) {
+                (Some(uri), None) => {
+                    check_url(uri)
+                        .map_err(|e| Rejection::invalid(reason::INVALID, format!("spec.auth.jwt.jwksUri {e}.")))?;
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(Rejection::invalid(
+                        reason::INVALID,
+                        "spec.auth.jwt needs exactly one of jwksUri or jwksSecretRef.",
+                    ));
+                }
+            }
             for (i, mapping) in jwt.claim_headers.iter().enumerate() {
                 let header = mapping.header.to_ascii_lowercase();
                 let valid = http::HeaderName::from_bytes(header.as_bytes()).is_ok();
@@ -418,11 +429,43 @@ fn compile_auth(spec: &ApiRouteSpec) -> Result<AuthPolicy, Rejection> {
         }
         AuthMode::None | AuthMode::ApiKey => None,
     };
+    let jwks = match jwt.as_ref().and_then(|j| j.jwks_secret_ref.as_ref()) {
+        None => None,
+        Some(reference) => {
+            let field = "spec.auth.jwt.jwksSecretRef";
+            let secret = index.secret(namespace, &reference.name).ok_or_else(|| {
+                Rejection::unresolved(
+                    reason::SECRET_NOT_FOUND,
+                    format!("{field}: Secret {namespace}/{} does not exist.", reference.name),
+                )
+            })?;
+            let document = secret_value(secret, &reference.key).ok_or_else(|| {
+                Rejection::unresolved(
+                    reason::SECRET_NOT_FOUND,
+                    format!("{field}: Secret {namespace}/{} has no key {:?}.", reference.name, reference.key),
+                )
+            })?;
+            let parsed: serde_json::Value = serde_json::from_str(&document).map_err(|e| {
+                Rejection::invalid(
+                    reason::INVALID,
+                    format!("{field}: the Secret's {:?} is not JSON: {e}.", reference.key),
+                )
+            })?;
+            if !parsed.get("keys").is_some_and(serde_json::Value::is_array) {
+                return Err(Rejection::invalid(
+                    reason::INVALID,
+                    format!("{field}: the Secret's {:?} is not a JWKS document (no \"keys\" list).", reference.key),
+                ));
+            }
+            Some(document)
+        }
+    };
     Ok(AuthPolicy {
         mode: auth.mode,
         api_key_header,
         api_key_query: auth.api_key.query_param.clone(),
         jwt: jwt.map(Box::new),
+        jwks,
     })
 }
 
