@@ -13,7 +13,11 @@
 # Usage: bench/callgrind.sh [SLUICE_BINARY ...]
 #   (default: target/release/sluice-proxy, built if missing)
 # Environment: DURATION=20, CALL_LOG=off (on: the call log is written, to
-#   /dev/null, by its writer thread; its instructions are counted too)
+#   /dev/null, by its writer thread; its instructions are counted too),
+#   WATERFALL=0 (1: sluice's route takes an API key, an approved
+#   subscription, a rate limit that never triggers and a header transform,
+#   as bench/proxy.sh's SLUICE_WATERFALL; nginx still proxies plainly),
+#   KEEP=0 (1: keep the callgrind files and print where)
 # Needs: valgrind, nginx, wrk, curl (apt-get install valgrind nginx wrk curl).
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -28,7 +32,7 @@ if [ ${#BINS[@]} -eq 0 ]; then
   BINS=("$ROOT/target/release/sluice-proxy")
 fi
 TMP=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; if [ "${KEEP:-0}" = 1 ]; then echo "kept: $TMP"; else rm -rf "$TMP"; fi' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port)
 
@@ -51,11 +55,11 @@ measure() {
   local out="$TMP/$file.cg"
   valgrind --tool=callgrind --callgrind-out-file="$out" --trace-children=no "$@" >/dev/null 2>"$TMP/$file.vg" &
   local pid=$!
-  for _ in $(seq 1 120); do curl -sf -o /dev/null "http://127.0.0.1:$listen/" && break; sleep 0.5; done
-  wrk -t1 -c8 -d5s "http://127.0.0.1:$listen/" >/dev/null
+  for _ in $(seq 1 120); do curl -sf -o /dev/null "${HEADERS[@]}" "http://127.0.0.1:$listen/" && break; sleep 0.5; done
+  wrk -t1 -c8 -d5s "${HEADERS[@]}" "http://127.0.0.1:$listen/" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   local requests
-  requests=$(wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$listen/" | awk '/requests in/ {print $1}')
+  requests=$(wrk -t1 -c8 -d"${DURATION}s" "${HEADERS[@]}" "http://127.0.0.1:$listen/" | awk '/requests in/ {print $1}')
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
   local ir
@@ -64,12 +68,51 @@ measure() {
   printf '%-40s %8d requests  %7d instructions/request\n' "$name" "$requests" "$((ir / requests))"
 }
 
+HEADERS=()
 for bin in "${BINS[@]}"; do
   listen=$(port); admin=$(port); mkdir -p "$TMP/cfg"
-  printf 'apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: bench }\nspec:\n  backend: { upstreams: [ { url: "http://127.0.0.1:%s" } ] }\n' "$UP" >"$TMP/cfg/routes.yaml"
+  if [ "${WATERFALL:-0}" = 1 ]; then
+    HEADERS=(-H "Host: api.bench.test" -H "x-api-key: sk-bench-partner")
+    cat >"$TMP/cfg/routes.yaml" <<EOF
+apiVersion: sluice.dev/v1alpha1
+kind: Tenant
+metadata: { name: bench }
+spec: { namespaces: [bench], hostnames: [api.bench.test], apps: [{ name: console }] }
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Tenant
+metadata: { name: partner }
+spec: { namespaces: [partner], apps: [{ name: loadgen }] }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: loadgen-key, namespace: partner, labels: { sluice.dev/app: loadgen } }
+type: sluice.dev/api-key
+stringData: { api-key: sk-bench-partner }
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRoute
+metadata: { name: bench, namespace: bench }
+spec:
+  hosts: [api.bench.test]
+  auth: { mode: ApiKey }
+  subscription: { required: true, approval: Manual }
+  rateLimit: { requests: 100000000, period: Second, key: App }
+  requestTransform: { setHeaders: [{ name: x-bench, value: waterfall }] }
+  backend: { upstreams: [ { url: "http://127.0.0.1:$UP" } ] }
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Subscription
+metadata: { name: loadgen-bench, namespace: partner }
+spec: { app: loadgen, route: { namespace: bench, name: bench }, approval: { state: Approved } }
+EOF
+  else
+    printf 'apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: bench }\nspec:\n  backend: { upstreams: [ { url: "http://127.0.0.1:%s" } ] }\n' "$UP" >"$TMP/cfg/routes.yaml"
+  fi
   measure "$bin" "$listen" "$bin" --config-dir "$TMP/cfg" --listen "127.0.0.1:$listen" \
     --admin "127.0.0.1:$admin" --workers 1 --call-log "${CALL_LOG:-off}"
 done
+HEADERS=()
 listen=$(port)
 nginx_conf "$TMP/proxy" "upstream backend { server 127.0.0.1:$UP; keepalive 64; }
   server { listen 127.0.0.1:$listen; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"

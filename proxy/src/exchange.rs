@@ -81,6 +81,8 @@ pub struct Caller {
     pub tenant: Arc<str>,
     /// The caller's app.
     pub app: Arc<str>,
+    /// `tenant/app`, made once (a rate-limit key, a log field).
+    pub id: Arc<str>,
     /// Which credential: an API key's id, or a token's subject.
     pub credential: Option<Arc<str>>,
     /// How the caller proved who they are.
@@ -135,9 +137,9 @@ pub struct StageState {
     /// The approved Subscription (`namespace/name`) that let the caller
     /// in, when one did.
     pub subscription: Option<Arc<str>>,
-    /// The rate limit applied: requests, window (s) and the decision, for
-    /// the `RateLimit` headers.
-    pub rate_limit: Option<(u64, u64, crate::limits::Decision)>,
+    /// The rate limit applied: its `RateLimit-Policy` value and the
+    /// decision, for the `RateLimit` headers.
+    pub rate_limit: Option<(HeaderValue, crate::limits::Decision)>,
     /// What the cache did.
     pub cache: Option<crate::stages::CacheState>,
 }

@@ -106,6 +106,8 @@ pub struct RouteLimiter {
     whole: AtomicU64,
     /// Budgets by key, for the other keys.
     keyed: moka::sync::Cache<String, Arc<AtomicU64>>,
+    /// `RateLimit-Policy` for this limit: `"default";q=LIMIT;w=WINDOW`.
+    pub policy_header: http::HeaderValue,
 }
 
 impl RouteLimiter {
@@ -117,6 +119,8 @@ impl RouteLimiter {
             header: policy.header.as_deref().and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
             whole: AtomicU64::new(0),
             keyed: moka::sync::Cache::builder().max_capacity(MAX_KEYS).time_to_idle(gcra.memory()).build(),
+            policy_header: http::HeaderValue::from_str(&format!("\"default\";q={};w={}", gcra.limit, gcra.window))
+                .unwrap_or(http::HeaderValue::from_static("\"default\"")),
         }
     }
 
@@ -133,6 +137,7 @@ impl RouteLimiter {
                 &value[..value.len().min(256)]
             }
         };
+        // NB: looked up by reference; a key is copied only when first seen.
         let key = String::from_utf8_lossy(key);
         let tat = self.keyed.get_with_by_ref(&*key, || Arc::new(AtomicU64::new(0)));
         self.gcra.check(&tat, now)

@@ -178,6 +178,7 @@ fn a_clients_identity_headers_are_removed() {
     let caller = crate::exchange::Caller {
         tenant: "team-a".into(),
         app: "billing".into(),
+        id: "team-a/billing".into(),
         credential: None,
         method: crate::exchange::AuthMethod::ApiKey,
     };

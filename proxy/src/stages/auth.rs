@@ -51,17 +51,23 @@ impl KeyIndex {
             // NB: the id logged for a key is the start of its digest, which
             // says which key was used without saying what it is.
             let credential = Some(Arc::from(&key.sha256[..12]));
-            let caller = Caller { tenant, app, credential, method: AuthMethod::ApiKey };
+            let id = Arc::from(format!("{tenant}/{app}"));
+            let caller = Caller { tenant, app, id, credential, method: AuthMethod::ApiKey };
             by_prefix.entry(prefix(&digest)).or_default().push(KeyEntry { digest, caller });
         }
         KeyIndex { by_prefix }
     }
 
     /// The caller a key belongs to.
+    #[cfg(test)]
     fn find(&self, key: &[u8]) -> Option<&Caller> {
-        let digest = sha256(key);
-        let entries = self.by_prefix.get(&prefix(&digest))?;
-        entries.iter().find(|e| constant_time_eq(&e.digest, &digest)).map(|e| &e.caller)
+        self.find_digest(&sha256(key))
+    }
+
+    /// The caller whose key has this digest.
+    fn find_digest(&self, digest: &[u8; 32]) -> Option<&Caller> {
+        let entries = self.by_prefix.get(&prefix(digest))?;
+        entries.iter().find(|e| constant_time_eq(&e.digest, digest)).map(|e| &e.caller)
     }
 }
 
@@ -125,10 +131,12 @@ impl ApiKeyAuth {
 
     pub fn on_request(&self, ex: &mut Exchange, req: &mut request::Parts) -> Result<Flow, ProxyError> {
         let unauthorized = |kind: &'static str, detail: &str| ProxyError::Unauthorized { kind, detail: detail.into() };
-        let mut presented: Vec<Vec<u8>> = Vec::new();
+        // NB: only the first key is hashed, with no copy; a second one
+        // makes the request ambiguous anyway.
+        let mut presented = Presented::default();
         for value in req.headers.get_all(header::AUTHORIZATION) {
             match bearer(value.as_bytes()) {
-                Some(token) => presented.push(token.to_vec()),
+                Some(token) => presented.add(token),
                 None => {
                     return Err(unauthorized(
                         "invalid-authorization",
@@ -138,14 +146,14 @@ impl ApiKeyAuth {
             }
         }
         for value in req.headers.get_all(&self.header) {
-            presented.push(value.as_bytes().to_vec());
+            presented.add(value.as_bytes());
         }
         let query = req.uri.query();
         let mut in_query = false;
         for (name, value) in crate::router::query_pairs(query) {
             match &self.query {
                 Some(allowed) if name == allowed => {
-                    presented.push(value.as_bytes().to_vec());
+                    presented.add(value.as_bytes());
                     in_query = true;
                 }
                 None if KEY_LIKE_PARAMS.iter().any(|k| name.eq_ignore_ascii_case(k)) => {
@@ -157,8 +165,8 @@ impl ApiKeyAuth {
                 _ => {}
             }
         }
-        let key = match presented.as_slice() {
-            [] => {
+        let digest = match (presented.count, presented.digest) {
+            (0, _) => {
                 return Err(unauthorized(
                     "missing-credentials",
                     &format!(
@@ -167,11 +175,11 @@ impl ApiKeyAuth {
                     ),
                 ));
             }
-            [key] if !key.is_empty() => key,
-            [_] => return Err(unauthorized("invalid-api-key", "the API key is empty")),
+            (1, Some(digest)) => digest,
+            (1, None) => return Err(unauthorized("invalid-api-key", "the API key is empty")),
             _ => return Err(unauthorized("ambiguous-credentials", "send one API key, not several")),
         };
-        let Some(caller) = self.keys.find(key) else {
+        let Some(caller) = self.keys.find_digest(&digest) else {
             return Err(unauthorized("invalid-api-key", "the API key is not known (or no longer valid)"));
         };
         ex.caller = Some(caller.clone());
@@ -182,6 +190,23 @@ impl ApiKeyAuth {
             remove_query_param(req, name);
         }
         Ok(Flow::Continue)
+    }
+}
+
+/// The keys a request presents: how many, and the digest of the first
+/// (none when it is empty).
+#[derive(Default)]
+struct Presented {
+    count: usize,
+    digest: Option<[u8; 32]>,
+}
+
+impl Presented {
+    fn add(&mut self, key: &[u8]) {
+        self.count += 1;
+        if self.count == 1 && !key.is_empty() {
+            self.digest = Some(sha256(key));
+        }
     }
 }
 

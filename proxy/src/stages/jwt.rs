@@ -36,10 +36,13 @@ const ALLOWED: [Algorithm; 9] = [
     Algorithm::EdDSA,
 ];
 
+type AppNames = (Arc<str>, Arc<str>, Arc<str>);
+
 /// Apps by OAuth client id, for the whole snapshot.
 #[derive(Debug, Default)]
 pub struct ClientIndex {
-    by_client: HashMap<String, (Arc<str>, Arc<str>)>,
+    /// Client id -> (tenant, app, `tenant/app`).
+    by_client: HashMap<String, AppNames>,
 }
 
 impl ClientIndex {
@@ -50,8 +53,9 @@ impl ClientIndex {
             let name: Arc<str> = Arc::from(tenant.name.as_str());
             for app in &tenant.apps {
                 let app_name: Arc<str> = Arc::from(app.name.as_str());
+                let id: Arc<str> = Arc::from(format!("{name}/{app_name}"));
                 for client in &app.client_ids {
-                    by_client.insert(client.clone(), (name.clone(), app_name.clone()));
+                    by_client.insert(client.clone(), (name.clone(), app_name.clone(), id.clone()));
                 }
             }
         }
@@ -181,15 +185,20 @@ impl JwtAuth {
             None => claims.get("azp").or_else(|| claims.get("client_id")),
         }
         .and_then(serde_json::Value::as_str);
-        let Some((tenant, app)) = client.and_then(|c| self.clients.by_client.get(c)) else {
+        let Some((tenant, app, id)) = client.and_then(|c| self.clients.by_client.get(c)) else {
             return Err(ProxyError::Forbidden {
                 kind: "unknown-client",
                 detail: "the token's client is not an app of any tenant".into(),
             });
         };
         let subject = claims.get("sub").and_then(serde_json::Value::as_str).map(|s| Arc::from(&s[..s.len().min(128)]));
-        ex.caller =
-            Some(Caller { tenant: tenant.clone(), app: app.clone(), credential: subject, method: AuthMethod::Jwt });
+        ex.caller = Some(Caller {
+            tenant: tenant.clone(),
+            app: app.clone(),
+            id: id.clone(),
+            credential: subject,
+            method: AuthMethod::Jwt,
+        });
         for (claim, name) in &self.claim_headers {
             let value = match claims.get(claim) {
                 Some(serde_json::Value::String(s)) => HeaderValue::from_str(s).ok(),

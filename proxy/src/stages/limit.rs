@@ -58,10 +58,10 @@ impl Limit {
                 .map(|i| &self.plans[i].2)
         });
         if let Some(limiter) = plan.or(self.route.as_ref()) {
-            let app = ex.caller.as_ref().map(|c| format!("{}/{}", c.tenant, c.app));
-            let decision = limiter.check(app.as_deref(), &ex.client_ip, &req.headers);
+            let app = ex.caller.as_ref().map(|c| &*c.id);
+            let decision = limiter.check(app, &ex.client_ip, &req.headers);
             let (limit, window) = (limiter.gcra.limit, limiter.gcra.window);
-            ex.state.rate_limit = Some((limit, window, decision));
+            ex.state.rate_limit = Some((limiter.policy_header.clone(), decision));
             if let Decision::Deny { retry_after } = decision {
                 return Err(ProxyError::TooManyRequests {
                     kind: "rate-limited",
@@ -86,16 +86,20 @@ impl Limit {
 
     /// Adds `RateLimit-Policy: "default";q=LIMIT;w=WINDOW` and
     /// `RateLimit: "default";r=REMAINING;t=SECONDS`.
-    pub fn on_response(&self, ex: &Exchange, res: &mut response::Parts) {
-        let Some((limit, window, decision)) = ex.state.rate_limit else { return };
+    pub fn on_response(&self, ex: &mut Exchange, res: &mut response::Parts) {
+        let Some((policy, decision)) = ex.state.rate_limit.take() else { return };
         let (remaining, reset) = match decision {
             Decision::Allow { remaining, reset } => (remaining, reset),
             Decision::Deny { retry_after } => (0, retry_after),
         };
-        if let Ok(policy) = HeaderValue::from_str(&format!("\"default\";q={limit};w={window}")) {
-            res.headers.insert(RATELIMIT_POLICY, policy);
-        }
-        if let Ok(state) = HeaderValue::from_str(&format!("\"default\";r={remaining};t={reset}")) {
+        res.headers.insert(RATELIMIT_POLICY, policy);
+        // NB: written with itoa, not format!: this runs on every answer.
+        let mut state = Vec::with_capacity(48);
+        state.extend_from_slice(b"\"default\";r=");
+        state.extend_from_slice(itoa::Buffer::new().format(remaining).as_bytes());
+        state.extend_from_slice(b";t=");
+        state.extend_from_slice(itoa::Buffer::new().format(reset).as_bytes());
+        if let Ok(state) = HeaderValue::from_bytes(&state) {
             res.headers.insert(RATELIMIT, state);
         }
     }
