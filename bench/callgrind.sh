@@ -73,39 +73,7 @@ for bin in "${BINS[@]}"; do
   listen=$(port); admin=$(port); mkdir -p "$TMP/cfg"
   if [ "${WATERFALL:-0}" = 1 ]; then
     HEADERS=(-H "Host: api.bench.test" -H "x-api-key: sk-bench-partner")
-    cat >"$TMP/cfg/routes.yaml" <<EOF
-apiVersion: sluice.dev/v1alpha1
-kind: Tenant
-metadata: { name: bench }
-spec: { namespaces: [bench], hostnames: [api.bench.test], apps: [{ name: console }] }
----
-apiVersion: sluice.dev/v1alpha1
-kind: Tenant
-metadata: { name: partner }
-spec: { namespaces: [partner], apps: [{ name: loadgen }] }
----
-apiVersion: v1
-kind: Secret
-metadata: { name: loadgen-key, namespace: partner, labels: { sluice.dev/app: loadgen } }
-type: sluice.dev/api-key
-stringData: { api-key: sk-bench-partner }
----
-apiVersion: sluice.dev/v1alpha1
-kind: ApiRoute
-metadata: { name: bench, namespace: bench }
-spec:
-  hosts: [api.bench.test]
-  auth: { mode: ApiKey }
-  subscription: { required: true, approval: Manual }
-  rateLimit: { requests: 100000000, period: Second, key: App }
-  requestTransform: { setHeaders: [{ name: x-bench, value: waterfall }] }
-  backend: { upstreams: [ { url: "http://127.0.0.1:$UP" } ] }
----
-apiVersion: sluice.dev/v1alpha1
-kind: Subscription
-metadata: { name: loadgen-bench, namespace: partner }
-spec: { app: loadgen, route: { namespace: bench, name: bench }, approval: { state: Approved } }
-EOF
+    sed "s|UPSTREAM|127.0.0.1:$UP|" "$ROOT/bench/waterfall.yaml" >"$TMP/cfg/routes.yaml"
   else
     printf 'apiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: { name: bench }\nspec:\n  backend: { upstreams: [ { url: "http://127.0.0.1:%s" } ] }\n' "$UP" >"$TMP/cfg/routes.yaml"
   fi

@@ -378,50 +378,7 @@ EOF
     # metrics always, and the call log on (to the log file).
     SLUICE_CALL_LOG=on
     SLUICE_HEADERS=(-H "Host: api.bench.test" -H "x-api-key: sk-bench-partner")
-    cat >"$dir/config/bench.yaml" <<EOF
-apiVersion: sluice.dev/v1alpha1
-kind: Tenant
-metadata: { name: bench }
-spec:
-  namespaces: [bench]
-  hostnames: [api.bench.test]
-  apps: [{ name: console }]
----
-apiVersion: sluice.dev/v1alpha1
-kind: Tenant
-metadata: { name: partner }
-spec:
-  namespaces: [partner]
-  apps: [{ name: loadgen }]
----
-apiVersion: v1
-kind: Secret
-metadata: { name: loadgen-key, namespace: partner, labels: { sluice.dev/app: loadgen } }
-type: sluice.dev/api-key
-stringData: { api-key: sk-bench-partner }
----
-apiVersion: sluice.dev/v1alpha1
-kind: ApiRoute
-metadata: { name: bench, namespace: bench }
-spec:
-  hosts: [api.bench.test]
-  auth: { mode: ApiKey }
-  subscription: { required: true, approval: Manual }
-  rateLimit: { requests: 100000000, period: Second, key: App }
-  requestTransform:
-    setHeaders: [{ name: x-bench, value: waterfall }]
-  backend:
-    upstreams:
-      - url: http://127.0.0.1:$UPSTREAM_PORT
----
-apiVersion: sluice.dev/v1alpha1
-kind: Subscription
-metadata: { name: loadgen-bench, namespace: partner }
-spec:
-  app: loadgen
-  route: { namespace: bench, name: bench }
-  approval: { state: Approved }
-EOF
+    sed "s|UPSTREAM|127.0.0.1:$UPSTREAM_PORT|" "$ROOT/bench/waterfall.yaml" >"$dir/config/bench.yaml"
   fi
   if ((${SLUICE_ROUTES:-0} > 0)); then
     for ((i = 0; i < SLUICE_ROUTES; i++)); do

@@ -60,10 +60,6 @@ async fn call(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Answer {
     send(request.body(Full::new(Bytes::new())).expect("request")).await
 }
 
-fn problem_type(answer: &Answer) -> String {
-    answer.json()["type"].as_str().unwrap_or_default().trim_start_matches("https://sluice.dev/problems/").to_owned()
-}
-
 async fn start() -> (Proxy, Upstream) {
     let upstream = Upstream::named("served").await;
     let proxy = Proxy::start(&platform(&upstream.url(), "Pending"));

@@ -124,10 +124,6 @@ async fn call(proxy: &Proxy, authorization: &[&str], extra: &[(&str, &str)]) -> 
     send(request.body(Full::new(Bytes::new())).expect("request")).await
 }
 
-fn problem_type(answer: &Answer) -> String {
-    answer.json()["type"].as_str().unwrap_or_default().trim_start_matches("https://sluice.dev/problems/").to_owned()
-}
-
 #[tokio::test]
 async fn tokens_from_the_issuer_let_its_apps_in_with_every_key_type() {
     let keys = Keys::new();

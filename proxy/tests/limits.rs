@@ -15,10 +15,6 @@ async fn call(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Answer {
     send(request.body(Full::new(Bytes::new())).expect("request")).await
 }
 
-fn problem_type(answer: &Answer) -> String {
-    answer.json()["type"].as_str().unwrap_or_default().trim_start_matches("https://sluice.dev/problems/").to_owned()
-}
-
 #[tokio::test]
 async fn a_route_limit_answers_429_with_retry_after_and_ratelimit_headers() {
     let upstream = Upstream::named("ok").await;

@@ -431,3 +431,8 @@ pub fn promtool_check(text: &str) {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
 }
+
+/// The problem type of an answer, without the `https://sluice.dev/problems/` prefix.
+pub fn problem_type(answer: &Answer) -> String {
+    answer.json()["type"].as_str().unwrap_or_default().trim_start_matches("https://sluice.dev/problems/").to_owned()
+}
