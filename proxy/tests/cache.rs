@@ -76,6 +76,13 @@ async fn a_miss_is_kept_and_answers_the_next_request() {
     let fresh = call(&proxy, Method::GET, "/items?page=1", &[("cache-control", "no-cache")]).await;
     assert_eq!(fresh.header("x-cache"), Some("MISS"));
     assert_eq!(upstream.hits(), 5, "miss, page 2, two POSTs, no-cache");
+    // A HEAD miss keeps nothing (it has no body): the GET after it is a
+    // miss that gets the whole body, then a hit with it.
+    assert_eq!(call(&proxy, Method::HEAD, "/headfirst", &[]).await.header("x-cache"), Some("MISS"));
+    let get = call(&proxy, Method::GET, "/headfirst", &[]).await;
+    assert_eq!((get.header("x-cache"), get.text().as_str()), (Some("MISS"), "7:/headfirst"));
+    let hit = call(&proxy, Method::GET, "/headfirst", &[]).await;
+    assert_eq!((hit.header("x-cache"), hit.text().as_str()), (Some("HIT"), "7:/headfirst"));
 }
 
 #[tokio::test]

@@ -105,6 +105,12 @@ impl Cache {
                     ex.state.cache = Some(CacheState::Hit);
                     return Ok(Flow::Respond(Box::new(answer(&entry, req.method == Method::HEAD))));
                 }
+                // NB: an answer to HEAD has no body to keep; it fills
+                // nothing (and lets any waiter go at once).
+                Some(Lookup::Fill(_)) if req.method == Method::HEAD => {
+                    ex.state.cache = Some(CacheState::Miss(None));
+                    return Ok(Flow::Continue);
+                }
                 Some(Lookup::Fill(guard)) => {
                     ex.state.cache = Some(CacheState::Miss(Some(guard)));
                     return Ok(Flow::Continue);
