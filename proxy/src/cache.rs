@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
-/// Bytes of responses kept at most.
+/// Bytes of responses kept at most, unless `--cache-max-bytes` says.
 pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A stored answer.
@@ -47,9 +47,17 @@ pub struct ResponseCache {
 
 impl Default for ResponseCache {
     fn default() -> Self {
+        ResponseCache::new(MAX_BYTES)
+    }
+}
+
+impl ResponseCache {
+    /// A cache keeping at most `max_bytes` of answers (bodies, headers and
+    /// keys); the least used go first.
+    pub fn new(max_bytes: u64) -> Self {
         ResponseCache {
             entries: moka::sync::Cache::builder()
-                .max_capacity(MAX_BYTES)
+                .max_capacity(max_bytes)
                 .weigher(|key: &String, entry: &Arc<Entry>| {
                     let headers: usize = entry.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum();
                     u32::try_from(key.len() + headers + entry.body.len() + 128).unwrap_or(u32::MAX)
@@ -132,5 +140,33 @@ impl Drop for FillGuard {
         if !self.filled {
             self.cache.finish(&self.key, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_no_more_than_its_bytes() {
+        let cache = Arc::new(ResponseCache::new(20_000));
+        for i in 0..100 {
+            let Lookup::Fill(guard) = cache.lookup(&format!("key-{i}")) else { panic!("a fill") };
+            guard.fill(Entry {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: Bytes::from(vec![b'x'; 1000]),
+                stored: Instant::now(),
+                ttl: Duration::from_secs(60),
+            });
+        }
+        let kept = cache.entry_count();
+        assert!((1..=20).contains(&kept), "{kept} entries of about 1.1 KB in 20 KB");
+        // A key being filled makes the next lookup wait; a dropped fill
+        // lets it go.
+        let Lookup::Fill(guard) = cache.lookup("new") else { panic!("a fill") };
+        assert!(matches!(cache.lookup("new"), Lookup::Wait(_)));
+        drop(guard);
+        assert!(matches!(cache.lookup("new"), Lookup::Fill(_)));
     }
 }

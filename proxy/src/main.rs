@@ -41,6 +41,7 @@ OPTIONS:
     --trusted-proxies CIDRS    comma-separated peers whose X-Forwarded-For is believed (default: none)
     --proxy-protocol           every traffic connection starts with a PROXY protocol v2 header
     --shutdown-grace MS        time in-flight requests get at SIGTERM, ms (default 30000)
+    --cache-max-bytes N        bytes of answers the response cache keeps (default 67108864)
     --call-log on|off          one JSON line per request on stdout (default on)
     -V, --version              the version
     -h, --help                 this text
@@ -80,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
             "--admin" => admin = addr("--admin", value("--admin")?)?,
             "--workers" => workers = number("--workers", value("--workers")?)?.max(1) as usize,
             "--max-body-bytes" => limits.max_body_bytes = number("--max-body-bytes", value("--max-body-bytes")?)?,
+            "--cache-max-bytes" => limits.cache_max_bytes = number("--cache-max-bytes", value("--cache-max-bytes")?)?,
             "--max-headers" => limits.max_headers = number("--max-headers", value("--max-headers")?)?.max(1) as usize,
             "--max-uri-bytes" => {
                 limits.max_uri_bytes = number("--max-uri-bytes", value("--max-uri-bytes")?)?.max(1) as usize

@@ -48,6 +48,8 @@ pub struct Limits {
     /// header (from a load balancer), whose client address then stands for
     /// the peer's.
     pub proxy_protocol: bool,
+    /// Bytes of answers the response cache keeps at most.
+    pub cache_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -64,6 +66,7 @@ impl Default for Limits {
             max_connections: 16_384,
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            cache_max_bytes: crate::cache::MAX_BYTES,
         }
     }
 }
@@ -338,7 +341,7 @@ impl Gateway {
             metrics: Metrics::default(),
             upstreams: Upstreams::default(),
             limiters: Default::default(),
-            cache: Default::default(),
+            cache: Arc::new(crate::cache::ResponseCache::new(limits.cache_max_bytes)),
             jwks: Default::default(),
             limits,
         })

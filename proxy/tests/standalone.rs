@@ -77,6 +77,18 @@ fn usage_errors_exit_2_even_with_a_full_stderr() {
     assert_eq!(status.code(), Some(2));
 }
 
+#[test]
+fn the_cache_size_is_a_flag_and_a_bad_value_names_it() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
+        .args(["--config-dir", "/nonexistent", "--cache-max-bytes", "lots"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cache-max-bytes"), "{out:?}");
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy")).arg("--help").output().expect("run");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--cache-max-bytes N"), "{help:?}");
+}
+
 #[tokio::test]
 async fn readiness_and_status_tell_the_truth_about_the_folder() {
     // A folder with a file that does not parse is not a config: not ready.
