@@ -115,6 +115,10 @@ pub enum ProxyError {
         /// What failed (for the log).
         detail: String,
     },
+    /// The fleet-wide limits store could not be asked and the policy is to
+    /// fail closed.
+    #[error("the fleet-wide rate-limit store cannot be reached")]
+    LimitsUnavailable,
     /// A rate limit or quota is used up. Answered 429 with `Retry-After`.
     #[error("{detail}")]
     TooManyRequests {
@@ -155,6 +159,7 @@ impl ProxyError {
             ProxyError::ClientClosed => "client-closed",
             ProxyError::Misdirected { .. } => "misdirected-request",
             ProxyError::IdentityUnavailable { .. } => "identity-provider-unavailable",
+            ProxyError::LimitsUnavailable => "limits-unavailable",
             ProxyError::Unauthorized { kind, .. }
             | ProxyError::Forbidden { kind, .. }
             | ProxyError::TooManyRequests { kind, .. } => kind,
@@ -180,7 +185,7 @@ impl ProxyError {
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ProxyError::IdentityUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::IdentityUnavailable { .. } | ProxyError::LimitsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -202,9 +207,10 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint { .. }
             | ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. } => ErrorSource::Upstream,
-            ProxyError::NotReady | ProxyError::RouteUnsupported { .. } | ProxyError::IdentityUnavailable { .. } => {
-                ErrorSource::Internal
-            }
+            ProxyError::NotReady
+            | ProxyError::RouteUnsupported { .. }
+            | ProxyError::IdentityUnavailable { .. }
+            | ProxyError::LimitsUnavailable => ErrorSource::Internal,
         }
     }
 
@@ -228,6 +234,7 @@ impl ProxyError {
             ProxyError::Forbidden { kind: "subscription-required", .. } => "Subscription required",
             ProxyError::Forbidden { .. } => "Forbidden",
             ProxyError::IdentityUnavailable { .. } => "Identity provider unavailable",
+            ProxyError::LimitsUnavailable => "Rate limits unavailable",
             ProxyError::TooManyRequests { kind: "quota-exceeded", .. } => "Quota exceeded",
             ProxyError::TooManyRequests { .. } => "Too many requests",
         }
@@ -246,6 +253,9 @@ impl ProxyError {
             }
             ProxyError::IdentityUnavailable { .. } => {
                 "the keys that verify this API's tokens cannot be had right now; try again later".into()
+            }
+            ProxyError::LimitsUnavailable => {
+                "this API's rate limits cannot be checked right now, so it takes no requests; try again later".into()
             }
             ProxyError::RouteUnsupported { fields, .. } => {
                 format!("this route needs {fields}, which this proxy cannot enforce yet, so it is not served")

@@ -40,9 +40,9 @@ pub enum Decision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gcra {
     /// Nanoseconds between two requests at the steady rate.
-    interval: u64,
+    pub interval: u64,
     /// How far ahead of now the theoretical arrival time may run.
-    capacity: u64,
+    pub capacity: u64,
     /// Requests per period (for the headers).
     pub limit: u64,
     /// The period, seconds (for the headers).
@@ -93,42 +93,84 @@ pub fn clock() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// One key's budget: the local GCRA state, and cells taken from the
+/// fleet's budget in Redis that this proxy has not spent yet.
+#[derive(Debug, Default)]
+pub struct Budget {
+    tat: AtomicU64,
+    reserved: AtomicU64,
+    reserved_until_ms: AtomicU64,
+}
+
+impl Budget {
+    /// Spends one reserved cell, if one is left and fresh.
+    fn spend_reserved(&self, now_ms: u64) -> Option<u64> {
+        if now_ms > self.reserved_until_ms.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut left = self.reserved.load(Ordering::Acquire);
+        while left > 0 {
+            match self.reserved.compare_exchange_weak(left, left - 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(left - 1),
+                Err(current) => left = current,
+            }
+        }
+        None
+    }
+}
+
+/// What a fleet-wide check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Allowed or refused.
+    Decided(Decision),
+    /// Redis could not be asked and the policy is to fail closed.
+    Unavailable,
+}
+
 /// One rate limit of a route (or of an app's plan on a route), with its
 /// budgets.
 #[derive(Debug)]
 pub struct RouteLimiter {
+    /// `route|plan`: this limit's name in Redis.
+    name: String,
     policy: RateLimit,
     /// The GCRA parameters.
     pub gcra: Gcra,
     /// The header whose value keys the budget, for `key: Header`.
     header: Option<http::HeaderName>,
     /// The one budget of `key: Route`.
-    whole: AtomicU64,
+    whole: Arc<Budget>,
     /// Budgets by key, for the other keys.
-    keyed: moka::sync::Cache<String, Arc<AtomicU64>>,
+    keyed: moka::sync::Cache<String, Arc<Budget>>,
     /// `RateLimit-Policy` for this limit: `"default";q=LIMIT;w=WINDOW`.
     pub policy_header: http::HeaderValue,
 }
 
 impl RouteLimiter {
-    fn new(policy: &RateLimit) -> RouteLimiter {
+    fn new(name: String, policy: &RateLimit) -> RouteLimiter {
         let gcra = Gcra::new(policy);
         RouteLimiter {
+            name,
             policy: policy.clone(),
             gcra,
             header: policy.header.as_deref().and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
-            whole: AtomicU64::new(0),
+            whole: Arc::default(),
             keyed: moka::sync::Cache::builder().max_capacity(MAX_KEYS).time_to_idle(gcra.memory()).build(),
             policy_header: http::HeaderValue::from_str(&format!("\"default\";q={};w={}", gcra.limit, gcra.window))
                 .unwrap_or(http::HeaderValue::from_static("\"default\"")),
         }
     }
 
-    /// Checks one request. `app` is the caller (`tenant/app`), if known.
-    pub fn check(&self, app: Option<&str>, client_ip: &http::HeaderValue, headers: &http::HeaderMap) -> Decision {
-        let now = clock();
+    /// The budget key of a request (`None`: the route's one budget).
+    fn key<'a>(
+        &self,
+        app: Option<&'a str>,
+        client_ip: &'a http::HeaderValue,
+        headers: &'a http::HeaderMap,
+    ) -> Option<std::borrow::Cow<'a, str>> {
         let key: &[u8] = match self.policy.key {
-            RateLimitKey::Route => return self.gcra.check(&self.whole, now),
+            RateLimitKey::Route => return None,
             // NB: anonymous callers share one budget.
             RateLimitKey::App => app.map_or(&b"-"[..], str::as_bytes),
             RateLimitKey::ClientIp => client_ip.as_bytes(),
@@ -137,10 +179,170 @@ impl RouteLimiter {
                 &value[..value.len().min(256)]
             }
         };
-        // NB: looked up by reference; a key is copied only when first seen.
-        let key = String::from_utf8_lossy(key);
-        let tat = self.keyed.get_with_by_ref(&*key, || Arc::new(AtomicU64::new(0)));
-        self.gcra.check(&tat, now)
+        Some(String::from_utf8_lossy(key))
+    }
+
+    fn budget(&self, key: Option<&str>) -> Arc<Budget> {
+        match key {
+            None => self.whole.clone(),
+            // NB: looked up by reference; a key is copied only when first seen.
+            Some(key) => self.keyed.get_with_by_ref(key, Arc::default),
+        }
+    }
+
+    /// Checks one request against this proxy's own budget. `app` is the
+    /// caller (`tenant/app`), if known.
+    pub fn check(&self, app: Option<&str>, client_ip: &http::HeaderValue, headers: &http::HeaderMap) -> Decision {
+        let key = self.key(app, client_ip, headers);
+        self.gcra.check(&self.budget(key.as_deref()).tat, clock())
+    }
+
+    /// Checks one request against the fleet's budget in Redis: a cell
+    /// reserved earlier when there is one (no round trip), else a few cells
+    /// taken at once. When Redis cannot be asked, this proxy's own budget
+    /// decides (fail open) or nobody passes (fail closed).
+    pub async fn check_fleet(
+        &self,
+        fleet: &Fleet,
+        app: Option<&str>,
+        client_ip: &http::HeaderValue,
+        headers: &http::HeaderMap,
+    ) -> Checked {
+        let key = self.key(app, client_ip, headers);
+        let budget = self.budget(key.as_deref());
+        let now_ms = crate::upstream::now_ms();
+        if let Some(remaining) = budget.spend_reserved(now_ms) {
+            return Checked::Decided(Decision::Allow { remaining, reset: self.gcra.window });
+        }
+        // NB: a twentieth of the limit at a time (1 to 50 cells), so the
+        // fleet's total stays within a few percent of the limit.
+        let batch = (self.gcra.limit / 20).clamp(1, 50);
+        let redis_key = format!("sluice:rl:{}:{}", self.name, key.as_deref().unwrap_or(""));
+        match fleet.take(&redis_key, &self.gcra, batch).await {
+            Some((0, retry_us)) => {
+                Checked::Decided(Decision::Deny { retry_after: retry_us.div_ceil(1_000_000).max(1) })
+            }
+            Some((got, remaining)) => {
+                budget.reserved.store(got - 1, Ordering::Release);
+                // Reserved cells are spent within a second or not at all.
+                budget.reserved_until_ms.store(now_ms + 1_000, Ordering::Release);
+                Checked::Decided(Decision::Allow { remaining: remaining + got - 1, reset: self.gcra.window })
+            }
+            None if fleet.fail_open => Checked::Decided(self.gcra.check(&budget.tat, clock())),
+            None => Checked::Unavailable,
+        }
+    }
+}
+
+/// Limits shared by every proxy: budgets in Redis, changed by Lua scripts
+/// (atomic, one round trip), behind a timeout and a circuit breaker so a
+/// slow or dead Redis costs a request at most the timeout, and nothing
+/// while the breaker is open.
+#[derive(Debug)]
+pub struct Fleet {
+    url: String,
+    client: redis::Client,
+    script: redis::Script,
+    timeout: Duration,
+    /// What happens when Redis cannot be asked: this proxy's own budget
+    /// decides (true), or every limited request gets 503 (false).
+    pub fail_open: bool,
+    open_until_ms: AtomicU64,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+/// Takes up to ARGV[3] cells from a GCRA budget (times in µs, Redis's
+/// clock): returns {cells taken, cells left} or {0, µs until one fits}.
+const GCRA_TAKE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local room = math.floor((now + capacity - tat) / interval)
+if room < 1 then
+  return {0, tat + interval - capacity - now}
+end
+local got = math.min(want, room)
+local new = tat + got * interval
+redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + 1000)
+return {got, math.floor((now + capacity - new) / interval)}
+";
+
+thread_local! {
+    /// This worker's connection (made on its own runtime), by Redis URL.
+    static CONNECTION: std::cell::RefCell<Option<(String, redis::aio::MultiplexedConnection)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl Fleet {
+    /// A fleet store at `url` (`redis://host:port`); nothing is connected
+    /// until the first request needs it.
+    pub fn new(url: &str, timeout: Duration, fail_open: bool) -> Result<Fleet, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("--redis-url {url}: {e}"))?;
+        Ok(Fleet {
+            url: url.to_owned(),
+            client,
+            script: redis::Script::new(GCRA_TAKE),
+            timeout,
+            fail_open,
+            open_until_ms: AtomicU64::new(0),
+            failures: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
+    /// Runs the take script; `None` when Redis cannot be asked in time (or
+    /// the breaker is open).
+    async fn take(&self, key: &str, gcra: &Gcra, want: u64) -> Option<(u64, u64)> {
+        let now_ms = crate::upstream::now_ms();
+        if now_ms < self.open_until_ms.load(Ordering::Acquire) {
+            return None;
+        }
+        let interval = (gcra.interval / 1_000).max(1);
+        let capacity = gcra.capacity / 1_000;
+        let call = async {
+            let mut connection = self.connection().await?;
+            let reply: (u64, u64) =
+                self.script.key(key).arg(interval).arg(capacity).arg(want).invoke_async(&mut connection).await?;
+            Ok::<_, redis::RedisError>(reply)
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(reply)) => {
+                self.failures.store(0, Ordering::Release);
+                Some(reply)
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {} ms", self.timeout.as_millis()),
+                };
+                CONNECTION.with(|slot| slot.borrow_mut().take());
+                if self.failures.fetch_add(1, Ordering::AcqRel) + 1 >= 3 {
+                    self.failures.store(0, Ordering::Release);
+                    self.open_until_ms.store(now_ms + 2_000, Ordering::Release);
+                    crate::say!(
+                        "Redis {}: {why}; limits are {} for 2 s",
+                        self.url,
+                        if self.fail_open { "this proxy's own" } else { "closed (503)" }
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, redis::RedisError> {
+        let held = CONNECTION.with(|slot| {
+            slot.borrow().as_ref().filter(|(url, _)| *url == self.url).map(|(_, connection)| connection.clone())
+        });
+        if let Some(connection) = held {
+            return Ok(connection);
+        }
+        let connection = self.client.get_multiplexed_async_connection().await?;
+        CONNECTION.with(|slot| *slot.borrow_mut() = Some((self.url.clone(), connection.clone())));
+        Ok(connection)
     }
 }
 
@@ -205,10 +407,12 @@ impl Limiters {
     /// the one already running when the policy is unchanged.
     pub fn route(&self, route: &str, plan: &str, policy: &RateLimit) -> Arc<RouteLimiter> {
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot =
-            routes.entry((route.to_owned(), plan.to_owned())).or_insert_with(|| Arc::new(RouteLimiter::new(policy)));
+        let name = format!("{route}|{plan}");
+        let slot = routes
+            .entry((route.to_owned(), plan.to_owned()))
+            .or_insert_with(|| Arc::new(RouteLimiter::new(name.clone(), policy)));
         if slot.policy != *policy {
-            *slot = Arc::new(RouteLimiter::new(policy));
+            *slot = Arc::new(RouteLimiter::new(name, policy));
         }
         slot.clone()
     }

@@ -42,6 +42,9 @@ OPTIONS:
     --proxy-protocol           every traffic connection starts with a PROXY protocol v2 header
     --shutdown-grace MS        time in-flight requests get at SIGTERM, ms (default 30000)
     --cache-max-bytes N        bytes of answers the response cache keeps (default 67108864)
+    --redis-url URL            Redis shared by every proxy: rate limits hold fleet-wide (default: per proxy)
+    --redis-timeout MS         longest wait for Redis in a request, ms (default 5)
+    --redis-failure open|closed  when Redis cannot be asked: each proxy's own limits (open, default) or 503
     --call-log on|off          one JSON line per request on stdout (default on)
     -V, --version              the version
     -h, --help                 this text
@@ -82,6 +85,15 @@ fn parse_args() -> Result<Args, String> {
             "--workers" => workers = number("--workers", value("--workers")?)?.max(1) as usize,
             "--max-body-bytes" => limits.max_body_bytes = number("--max-body-bytes", value("--max-body-bytes")?)?,
             "--cache-max-bytes" => limits.cache_max_bytes = number("--cache-max-bytes", value("--cache-max-bytes")?)?,
+            "--redis-url" => limits.redis_url = Some(value("--redis-url")?),
+            "--redis-timeout" => limits.redis_timeout_ms = number("--redis-timeout", value("--redis-timeout")?)?,
+            "--redis-failure" => {
+                limits.redis_fail_open = match value("--redis-failure")?.as_str() {
+                    "open" => true,
+                    "closed" => false,
+                    other => return Err(format!("--redis-failure: {other:?} is neither open nor closed")),
+                }
+            }
             "--max-headers" => limits.max_headers = number("--max-headers", value("--max-headers")?)?.max(1) as usize,
             "--max-uri-bytes" => {
                 limits.max_uri_bytes = number("--max-uri-bytes", value("--max-uri-bytes")?)?.max(1) as usize

@@ -50,6 +50,14 @@ pub struct Limits {
     pub proxy_protocol: bool,
     /// Bytes of answers the response cache keeps at most.
     pub cache_max_bytes: u64,
+    /// Redis shared by every proxy for fleet-wide rate limits
+    /// (`redis://host:port`); none: each proxy limits on its own.
+    pub redis_url: Option<String>,
+    /// Longest wait for Redis per request, ms.
+    pub redis_timeout_ms: u64,
+    /// When Redis cannot be asked: each proxy's own budget decides (true)
+    /// or limited routes answer 503 (false).
+    pub redis_fail_open: bool,
 }
 
 impl Default for Limits {
@@ -67,6 +75,9 @@ impl Default for Limits {
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             cache_max_bytes: crate::cache::MAX_BYTES,
+            redis_url: None,
+            redis_timeout_ms: 5,
+            redis_fail_open: true,
         }
     }
 }
@@ -148,6 +159,7 @@ impl Compiled {
         limiters: &crate::limits::Limiters,
         cache: &Arc<crate::cache::ResponseCache>,
         jwks: &crate::jwks::JwksCache,
+        fleet: Option<&Arc<crate::limits::Fleet>>,
         metrics: &Metrics,
     ) -> Compiled {
         let keys = Arc::new(stages::KeyIndex::new(&snapshot.api_keys));
@@ -165,6 +177,7 @@ impl Compiled {
                     cache,
                     clients: &clients,
                     jwks,
+                    fleet,
                 });
                 RouteRuntime {
                     id: Arc::from(route.id.as_str()),
@@ -328,6 +341,8 @@ pub struct Gateway {
     pub cache: Arc<crate::cache::ResponseCache>,
     /// Token issuers' keys.
     pub jwks: crate::jwks::JwksCache,
+    /// The fleet-wide limits store, when `--redis-url` names one.
+    pub fleet: Option<Arc<crate::limits::Fleet>>,
     /// Request limits.
     pub limits: Limits,
 }
@@ -343,6 +358,13 @@ impl Gateway {
             limiters: Default::default(),
             cache: Arc::new(crate::cache::ResponseCache::new(limits.cache_max_bytes)),
             jwks: Default::default(),
+            fleet: limits.redis_url.as_deref().and_then(|url| {
+                let timeout = std::time::Duration::from_millis(limits.redis_timeout_ms.max(1));
+                crate::limits::Fleet::new(url, timeout, limits.redis_fail_open)
+                    .map_err(|e| crate::say!("{e}; limits stay local"))
+                    .ok()
+                    .map(Arc::new)
+            }),
             limits,
         })
     }
@@ -356,6 +378,7 @@ impl Gateway {
             &self.limiters,
             &self.cache,
             &self.jwks,
+            self.fleet.as_ref(),
             &self.metrics,
         ));
         let previous = self.current.swap(Some(compiled.clone()));
@@ -398,6 +421,7 @@ mod tests {
             &Default::default(),
             &Default::default(),
             &Default::default(),
+            None,
             &Metrics::default(),
         )
     }

@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue, request, response};
 use super::{Context, Flow};
 use crate::errors::ProxyError;
 use crate::exchange::Exchange;
-use crate::limits::{Decision, Limiters, RouteLimiter, TenantQuota};
+use crate::limits::{Checked, Decision, Fleet, Limiters, RouteLimiter, TenantQuota};
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -24,6 +24,8 @@ pub struct Limit {
     /// sorted by tenant then app.
     plans: Vec<(String, String, Arc<RouteLimiter>)>,
     tenant: Option<Arc<TenantQuota>>,
+    /// The fleet-wide store: route and plan limits are kept there.
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Limit {
@@ -47,10 +49,11 @@ impl Limit {
             (quotas.requests_per_minute.is_some() || quotas.requests_per_day.is_some())
                 .then(|| limiters.tenant(name, quotas))
         });
-        (own.is_some() || !plans.is_empty() || tenant.is_some()).then_some(Limit { route: own, plans, tenant })
+        let fleet = cx.fleet.cloned();
+        (own.is_some() || !plans.is_empty() || tenant.is_some()).then_some(Limit { route: own, plans, tenant, fleet })
     }
 
-    pub fn on_request(&self, ex: &mut Exchange, req: &request::Parts) -> Result<Flow, ProxyError> {
+    pub async fn on_request(&self, ex: &mut Exchange, req: &request::Parts) -> Result<Flow, ProxyError> {
         let plan = ex.caller.as_ref().and_then(|caller| {
             self.plans
                 .binary_search_by(|(t, a, _)| (t.as_str(), a.as_str()).cmp(&(&*caller.tenant, &*caller.app)))
@@ -59,7 +62,13 @@ impl Limit {
         });
         if let Some(limiter) = plan.or(self.route.as_ref()) {
             let app = ex.caller.as_ref().map(|c| &*c.id);
-            let decision = limiter.check(app, &ex.client_ip, &req.headers);
+            let decision = match &self.fleet {
+                Some(fleet) => match limiter.check_fleet(fleet, app, &ex.client_ip, &req.headers).await {
+                    Checked::Decided(decision) => decision,
+                    Checked::Unavailable => return Err(ProxyError::LimitsUnavailable),
+                },
+                None => limiter.check(app, &ex.client_ip, &req.headers),
+            };
             let (limit, window) = (limiter.gcra.limit, limiter.gcra.window);
             ex.state.rate_limit = Some((limiter.policy_header.clone(), decision));
             if let Decision::Deny { retry_after } = decision {

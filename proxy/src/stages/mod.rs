@@ -83,6 +83,8 @@ pub struct Context<'a> {
     pub clients: &'a std::sync::Arc<ClientIndex>,
     /// Token issuers' keys, kept across snapshots.
     pub jwks: &'a crate::jwks::JwksCache,
+    /// The fleet-wide limits store, if any.
+    pub fleet: Option<&'a std::sync::Arc<crate::limits::Fleet>>,
 }
 
 /// How a request ended, for [`Stage::on_finish`].
@@ -148,7 +150,7 @@ impl Stage {
             Stage::ApiKeyAuth(stage) => stage.on_request(ex, req),
             Stage::Jwt(stage) => stage.on_request(ex, req).await,
             Stage::Access(stage) => stage.on_request(ex),
-            Stage::Limit(stage) => stage.on_request(ex, req),
+            Stage::Limit(stage) => stage.on_request(ex, req).await,
             Stage::Cache(stage) => stage.on_request(ex, req).await,
             Stage::RequestTransform(stage) => stage.on_request(ex, req),
             Stage::ResponseTransform(_) => Ok(Flow::Continue),
