@@ -243,6 +243,7 @@ pub struct Fleet {
     url: String,
     client: redis::Client,
     script: redis::Script,
+    counter: redis::Script,
     timeout: Duration,
     /// What happens when Redis cannot be asked: this proxy's own budget
     /// decides (true), or every limited request gets 503 (false).
@@ -271,6 +272,19 @@ redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - no
 return {got, math.floor((now + capacity - new) / interval)}
 ";
 
+/// Takes up to ARGV[2] requests from a counter capped at ARGV[1] (expiring
+/// ARGV[3] s after its first use): returns how many it took.
+const COUNT_TAKE: &str = r"
+local limit = tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local got = math.min(want, limit - used)
+if got <= 0 then return 0 end
+local n = redis.call('INCRBY', KEYS[1], got)
+if n == got then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3])) end
+return got
+";
+
 thread_local! {
     /// This worker's connection (made on its own runtime), by Redis URL.
     static CONNECTION: std::cell::RefCell<Option<(String, redis::aio::MultiplexedConnection)>> =
@@ -286,6 +300,7 @@ impl Fleet {
             url: url.to_owned(),
             client,
             script: redis::Script::new(GCRA_TAKE),
+            counter: redis::Script::new(COUNT_TAKE),
             timeout,
             fail_open,
             open_until_ms: AtomicU64::new(0),
@@ -296,17 +311,29 @@ impl Fleet {
     /// Runs the take script; `None` when Redis cannot be asked in time (or
     /// the breaker is open).
     async fn take(&self, key: &str, gcra: &Gcra, want: u64) -> Option<(u64, u64)> {
+        let interval = (gcra.interval / 1_000).max(1);
+        let capacity = gcra.capacity / 1_000;
+        let mut invocation = self.script.key(key);
+        invocation.arg(interval).arg(capacity).arg(want);
+        self.run(invocation).await
+    }
+
+    /// Runs the counter script: how many of `want` requests it took.
+    async fn count_take(&self, key: &str, limit: u64, want: u64, ttl: u64) -> Option<u64> {
+        let mut invocation = self.counter.key(key);
+        invocation.arg(limit).arg(want).arg(ttl);
+        self.run(invocation).await
+    }
+
+    /// One script call, within the timeout, behind the breaker.
+    async fn run<T: redis::FromRedisValue>(&self, invocation: redis::ScriptInvocation<'_>) -> Option<T> {
         let now_ms = crate::upstream::now_ms();
         if now_ms < self.open_until_ms.load(Ordering::Acquire) {
             return None;
         }
-        let interval = (gcra.interval / 1_000).max(1);
-        let capacity = gcra.capacity / 1_000;
         let call = async {
             let mut connection = self.connection().await?;
-            let reply: (u64, u64) =
-                self.script.key(key).arg(interval).arg(capacity).arg(want).invoke_async(&mut connection).await?;
-            Ok::<_, redis::RedisError>(reply)
+            invocation.invoke_async::<T>(&mut connection).await
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => {
@@ -350,14 +377,32 @@ impl Fleet {
 /// burst) and per UTC day.
 #[derive(Debug)]
 pub struct TenantQuota {
+    /// The tenant: its quotas' name in Redis.
+    name: String,
     quotas: crds::Quotas,
-    per_minute: Option<(Gcra, AtomicU64)>,
-    /// (day number, requests that day).
+    per_minute: Option<(Gcra, Budget)>,
+    /// (day number, requests that day) on this proxy alone.
     per_day: Mutex<(u64, u64)>,
+    /// (day number, requests of the fleet's day budget taken, not spent).
+    day_reserved: Mutex<(u64, u64)>,
+}
+
+/// Why a tenant quota refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaRefusal {
+    /// A quota is used up: which, and seconds until it has room.
+    Exceeded(&'static str, u64),
+    /// Redis could not be asked and the policy is to fail closed.
+    Unavailable,
+}
+
+fn day_now() -> (u64, u64) {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    (secs / 86_400, 86_400 - secs % 86_400)
 }
 
 impl TenantQuota {
-    fn new(quotas: &crds::Quotas) -> TenantQuota {
+    fn new(name: &str, quotas: &crds::Quotas) -> TenantQuota {
         let per_minute = quotas.requests_per_minute.map(|requests| {
             let policy = RateLimit {
                 requests,
@@ -366,31 +411,88 @@ impl TenantQuota {
                 key: RateLimitKey::Route,
                 header: None,
             };
-            (Gcra::new(&policy), AtomicU64::new(0))
+            (Gcra::new(&policy), Budget::default())
         });
-        TenantQuota { quotas: quotas.clone(), per_minute, per_day: Mutex::new((0, 0)) }
+        TenantQuota {
+            name: name.to_owned(),
+            quotas: quotas.clone(),
+            per_minute,
+            per_day: Mutex::new((0, 0)),
+            day_reserved: Mutex::new((0, 0)),
+        }
     }
 
-    /// Checks one request; a refusal names which quota.
+    /// Checks one request against this proxy's own counts; a refusal names
+    /// which quota.
     pub fn check(&self) -> Result<(), (&'static str, u64)> {
-        if let Some((gcra, tat)) = &self.per_minute
-            && let Decision::Deny { retry_after } = gcra.check(tat, clock())
+        if let Some((gcra, budget)) = &self.per_minute
+            && let Decision::Deny { retry_after } = gcra.check(&budget.tat, clock())
         {
             return Err(("requests per minute", retry_after));
         }
+        self.check_day_locally()
+    }
+
+    fn check_day_locally(&self) -> Result<(), (&'static str, u64)> {
         if let Some(limit) = self.quotas.requests_per_day {
-            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-            let today = secs / 86_400;
+            let (today, to_midnight) = day_now();
             let mut day = self.per_day.lock().unwrap_or_else(PoisonError::into_inner);
             if day.0 != today {
                 *day = (today, 0);
             }
             if day.1 >= limit {
-                return Err(("requests per day", 86_400 - secs % 86_400));
+                return Err(("requests per day", to_midnight));
             }
             day.1 += 1;
         }
         Ok(())
+    }
+
+    /// Checks one request against the fleet's counts in Redis, a few
+    /// requests' worth taken at a time (see [`RouteLimiter::check_fleet`]).
+    pub async fn check_fleet(&self, fleet: &Fleet) -> Result<(), QuotaRefusal> {
+        let fallback = |local: Result<(), (&'static str, u64)>| match fleet.fail_open {
+            true => local.map_err(|(which, retry)| QuotaRefusal::Exceeded(which, retry)),
+            false => Err(QuotaRefusal::Unavailable),
+        };
+        if let Some((gcra, budget)) = &self.per_minute
+            && budget.spend_reserved(crate::upstream::now_ms()).is_none()
+        {
+            let batch = (gcra.limit / 20).clamp(1, 50);
+            match fleet.take(&format!("sluice:q:{}:m", self.name), gcra, batch).await {
+                Some((0, retry_us)) => {
+                    return Err(QuotaRefusal::Exceeded("requests per minute", retry_us.div_ceil(1_000_000).max(1)));
+                }
+                Some((got, _)) => {
+                    budget.reserved.store(got - 1, Ordering::Release);
+                    budget.reserved_until_ms.store(crate::upstream::now_ms() + 1_000, Ordering::Release);
+                }
+                None => {
+                    if let Decision::Deny { retry_after } = gcra.check(&budget.tat, clock()) {
+                        return fallback(Err(("requests per minute", retry_after)));
+                    }
+                    fallback(Ok(()))?;
+                }
+            }
+        }
+        let Some(limit) = self.quotas.requests_per_day else { return Ok(()) };
+        let (today, to_midnight) = day_now();
+        {
+            let mut reserved = self.day_reserved.lock().unwrap_or_else(PoisonError::into_inner);
+            if reserved.0 == today && reserved.1 > 0 {
+                reserved.1 -= 1;
+                return Ok(());
+            }
+        }
+        let batch = (limit / 20).clamp(1, 50);
+        match fleet.count_take(&format!("sluice:q:{}:d:{today}", self.name), limit, batch, to_midnight + 60).await {
+            Some(0) => Err(QuotaRefusal::Exceeded("requests per day", to_midnight)),
+            Some(got) => {
+                *self.day_reserved.lock().unwrap_or_else(PoisonError::into_inner) = (today, got - 1);
+                Ok(())
+            }
+            None => fallback(self.check_day_locally()),
+        }
     }
 }
 
@@ -420,9 +522,9 @@ impl Limiters {
     /// A tenant's quotas, kept while they are unchanged.
     pub fn tenant(&self, tenant: &str, quotas: &crds::Quotas) -> Arc<TenantQuota> {
         let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = tenants.entry(tenant.to_owned()).or_insert_with(|| Arc::new(TenantQuota::new(quotas)));
+        let slot = tenants.entry(tenant.to_owned()).or_insert_with(|| Arc::new(TenantQuota::new(tenant, quotas)));
         if slot.quotas != *quotas {
-            *slot = Arc::new(TenantQuota::new(quotas));
+            *slot = Arc::new(TenantQuota::new(tenant, quotas));
         }
         slot.clone()
     }

@@ -153,3 +153,40 @@ async fn a_dead_redis_costs_little_and_the_failure_policy_decides() {
     // once the breaker is open; the bound leaves room for a loaded box.
     assert!(slowest < Duration::from_millis(250), "a request took {slowest:?} with Redis dead");
 }
+
+#[tokio::test]
+async fn a_tenants_daily_quota_holds_across_the_fleet() {
+    let redis = redis();
+    let upstream = Upstream::named("ok").await;
+    let dir = TempDir::new();
+    dir.write(
+        "routes.yaml",
+        &format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: Tenant\nmetadata: {{ name: metered }}\nspec:\n  namespaces: [metered]\n  hostnames: [metered.test]\n  quotas: {{ requestsPerDay: 40 }}\n---\napiVersion: sluice.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{ name: limited, namespace: metered }}\nspec:\n  hosts: [metered.test]\n  matches: [{{ path: {{ type: PathPrefix, value: /limited }} }}]\n  backend: {{ upstreams: [{{ url: {} }}] }}\n",
+            upstream.url()
+        ),
+    );
+    let (a, b) = (proxy(&dir, redis.1, "open"), proxy(&dir, redis.1, "open"));
+    async fn call(p: &Running) -> Answer {
+        get_host(&format!("http://{}/limited", p.1), "metered.test").await
+    }
+    for p in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(p.1).is_err() {
+            assert!(Instant::now() < deadline, "the proxy did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut allowed = 0;
+    for i in 0..60 {
+        let answer = call(if i % 2 == 0 { &a } else { &b }).await;
+        assert!(answer.status == 200 || answer.status == 429, "{}", answer.status);
+        if answer.status == 429 {
+            assert_eq!(answer.json()["type"], "https://sluice.dev/problems/quota-exceeded");
+        }
+        allowed += usize::from(answer.status == 200);
+    }
+    // On their own the two would let 80 through; together at most 40, less
+    // what a proxy took and had not spent.
+    assert!((36..=40).contains(&allowed), "{allowed} requests for a daily quota of 40 across the fleet");
+}

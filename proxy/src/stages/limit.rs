@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue, request, response};
 use super::{Context, Flow};
 use crate::errors::ProxyError;
 use crate::exchange::Exchange;
-use crate::limits::{Checked, Decision, Fleet, Limiters, RouteLimiter, TenantQuota};
+use crate::limits::{Checked, Decision, Fleet, Limiters, QuotaRefusal, RouteLimiter, TenantQuota};
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -81,14 +81,22 @@ impl Limit {
                 });
             }
         }
-        if let Some(quota) = &self.tenant
-            && let Err((which, retry_after)) = quota.check()
-        {
-            return Err(ProxyError::TooManyRequests {
-                kind: "quota-exceeded",
-                retry_after,
-                detail: format!("the API owner's quota of {which} is used up; try again in {retry_after} s"),
-            });
+        if let Some(quota) = &self.tenant {
+            let checked = match &self.fleet {
+                Some(fleet) => quota.check_fleet(fleet).await,
+                None => quota.check().map_err(|(which, retry)| QuotaRefusal::Exceeded(which, retry)),
+            };
+            match checked {
+                Ok(()) => {}
+                Err(QuotaRefusal::Exceeded(which, retry_after)) => {
+                    return Err(ProxyError::TooManyRequests {
+                        kind: "quota-exceeded",
+                        retry_after,
+                        detail: format!("the API owner's quota of {which} is used up; try again in {retry_after} s"),
+                    });
+                }
+                Err(QuotaRefusal::Unavailable) => return Err(ProxyError::LimitsUnavailable),
+            }
         }
         Ok(Flow::Continue)
     }
