@@ -389,6 +389,17 @@ fn compile_auth(index: &Index<'_>, namespace: &str, spec: &ApiRouteSpec) -> Resu
             format!("spec.auth.apiKey.header {:?} is not a header name.", auth.api_key.header),
         ));
     }
+    // NB: the proxy removes every x-sluice-* header a client sends (they
+    // carry the gateway's word on the caller), so a key there never arrives.
+    if api_key_header.starts_with("x-sluice-") {
+        return Err(Rejection::invalid(
+            reason::INVALID,
+            format!(
+                "spec.auth.apiKey.header {:?} is one of the gateway's own x-sluice- headers, which clients cannot send.",
+                auth.api_key.header
+            ),
+        ));
+    }
     let jwt = match auth.mode {
         AuthMode::Jwt | AuthMode::ApiKeyOrJwt => {
             let jwt = auth.jwt.clone().ok_or_else(|| {
