@@ -53,12 +53,19 @@ impl Drop for Running {
     }
 }
 
+/// A proxy on `redis`. NB: the sharing tests give Redis a whole second:
+/// with the 5 ms default, a call that a loaded box delays falls back to the
+/// proxy's own budget (fail open), which is not what they measure.
 fn proxy(dir: &TempDir, redis: SocketAddr, failure: &str) -> Running {
+    proxy_with(dir, redis, failure, "5")
+}
+
+fn proxy_with(dir: &TempDir, redis: SocketAddr, failure: &str, timeout_ms: &str) -> Running {
     let (listen, admin) = (closed_port(), closed_port());
     let child = Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
         .args(["--config-dir", &dir.0.display().to_string(), "--listen", &listen.to_string()])
         .args(["--admin", &admin.to_string(), "--workers", "2", "--call-log", "off"])
-        .args(["--redis-url", &format!("redis://{redis}"), "--redis-failure", failure])
+        .args(["--redis-url", &format!("redis://{redis}"), "--redis-failure", failure, "--redis-timeout", timeout_ms])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -94,7 +101,7 @@ async fn two_proxies_share_one_fleet_wide_limit() {
         "routes.yaml",
         &route("limited", "/limited", &[&upstream.url()], "  rateLimit: { requests: 100, period: Hour, key: Route }\n"),
     );
-    let (a, b) = (proxy(&dir, redis.1, "open"), proxy(&dir, redis.1, "open"));
+    let (a, b) = (proxy_with(&dir, redis.1, "open", "1000"), proxy_with(&dir, redis.1, "open", "1000"));
     until_up(&a).await;
     until_up(&b).await;
     let mut allowed = 0;
@@ -166,7 +173,7 @@ async fn a_tenants_daily_quota_holds_across_the_fleet() {
             upstream.url()
         ),
     );
-    let (a, b) = (proxy(&dir, redis.1, "open"), proxy(&dir, redis.1, "open"));
+    let (a, b) = (proxy_with(&dir, redis.1, "open", "1000"), proxy_with(&dir, redis.1, "open", "1000"));
     async fn call(p: &Running) -> Answer {
         get_host(&format!("http://{}/limited", p.1), "metered.test").await
     }
