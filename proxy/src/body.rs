@@ -251,6 +251,15 @@ impl Body for ClientBody {
     }
 }
 
+/// An upstream's response body, from hyper's client or the lean one.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// From hyper's client.
+    Hyper(Incoming),
+    /// From [`crate::h1`].
+    Lean(crate::h1::LeanBody),
+}
+
 /// A response body on its way to the client.
 #[derive(Debug)]
 pub enum ResponseBody {
@@ -261,6 +270,8 @@ pub enum ResponseBody {
     /// Streamed from a pooled upstream connection, which goes back to the
     /// pool when the body has ended.
     Pooled(Incoming, IdleTimer, Option<crate::pool::Checkin>),
+    /// Read by the lean client straight from its pooled connection.
+    Lean(crate::h1::LeanBody, IdleTimer),
     /// Another body seen (and perhaps changed) by a stage's filter on its
     /// way out.
     Filtered(Box<Filtered>),
@@ -340,11 +351,15 @@ impl ResponseBody {
 #[error("the upstream sent nothing of its response body for {0} ms")]
 pub struct UpstreamStalled(pub u64);
 
-fn poll_upstream(
-    body: &mut Incoming,
+fn poll_upstream<B>(
+    body: &mut B,
     idle: &mut IdleTimer,
     cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     match Pin::new(body).poll_frame(cx) {
         Poll::Pending if idle.expired(cx) => Poll::Ready(Some(Err(UpstreamStalled(idle.millis()).into()))),
         Poll::Pending => Poll::Pending,
@@ -363,6 +378,7 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             ResponseBody::Upstream(b, idle) => poll_upstream(b, idle, cx),
+            ResponseBody::Lean(b, idle) => poll_upstream(b, idle, cx),
             ResponseBody::Pooled(b, idle, checkin) => {
                 let polled = poll_upstream(b, idle, cx);
                 let ended = match &polled {
@@ -408,6 +424,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => b.is_end_stream(),
             ResponseBody::Upstream(b, _) | ResponseBody::Pooled(b, _, _) => b.is_end_stream(),
+            ResponseBody::Lean(b, _) => b.is_end_stream(),
             ResponseBody::Filtered(f) => f.inner.is_end_stream(),
         }
     }
@@ -416,6 +433,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => b.size_hint(),
             ResponseBody::Upstream(b, _) | ResponseBody::Pooled(b, _, _) => b.size_hint(),
+            ResponseBody::Lean(b, _) => b.size_hint(),
             ResponseBody::Filtered(f) if f.filter.keeps_length() => f.inner.size_hint(),
             // NB: a filter may change the length.
             ResponseBody::Filtered(f) => {

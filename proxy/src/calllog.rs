@@ -191,6 +191,22 @@ fn write_u64(out: &mut Vec<u8>, value: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
+/// Whether any byte is `"`, `\\` or a control character.
+fn any_needs_escape(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        if needs_escape(u64::from_le_bytes(eight)) {
+            return true;
+        }
+    }
+    let rest = words.remainder();
+    let mut tail = [b' '; 8];
+    tail[..rest.len()].copy_from_slice(rest);
+    needs_escape(u64::from_le_bytes(tail))
+}
+
 /// Whether any of eight bytes is `"`, `\\` or a control character (below
 /// 0x20): the "has less" and "has zero byte" bit tricks.
 fn needs_escape(word: u64) -> bool {
@@ -206,8 +222,17 @@ fn needs_escape(word: u64) -> bool {
 /// checked at a time.
 fn write_str(out: &mut Vec<u8>, value: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
     let bytes = value.as_bytes();
+    // NB: almost every value needs no escape: checked a word at a time
+    // (the tail padded with spaces), it is copied in one go.
+    if !any_needs_escape(bytes) {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    out.push(b'"');
     let (mut copied, mut i) = (0, 0);
     while i < bytes.len() {
         if let Some(word) = bytes[i..].first_chunk::<8>()

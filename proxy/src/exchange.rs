@@ -39,7 +39,7 @@ pub struct Exchange {
     /// [`Exchange::caller`]).
     pub tenant: Option<Arc<str>>,
     /// Who is calling, once a stage has authenticated them.
-    pub caller: Option<Caller>,
+    pub caller: Option<Arc<Caller>>,
     /// What the stages keep about this request between their hooks.
     pub state: StageState,
     /// Length of the matched PathPrefix, for prefix rewrites.
@@ -72,6 +72,14 @@ pub struct Exchange {
 /// start with this; a client's own are removed at ingress.
 pub const IDENTITY_PREFIX: &str = "x-sluice-";
 
+/// The fields that tell the upstream who is calling: tenant, app, and
+/// how they authenticated.
+pub const IDENTITY_FIELDS: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("x-sluice-tenant"),
+    http::HeaderName::from_static("x-sluice-app"),
+    http::HeaderName::from_static("x-sluice-auth"),
+];
+
 /// An authenticated caller: an app of a tenant. Set by the identity stages
 /// only (never from a request header: ingress strips the `x-sluice-`
 /// headers a client sends), and told to the upstream in those headers.
@@ -87,6 +95,9 @@ pub struct Caller {
     pub credential: Option<Arc<str>>,
     /// How the caller proved who they are.
     pub method: AuthMethod,
+    /// `tenant` and `app` as header values, made once (none when a name
+    /// is not a valid value, which CRD validation rules out).
+    values: Option<(HeaderValue, HeaderValue)>,
 }
 
 /// How a caller was authenticated.
@@ -99,22 +110,36 @@ pub enum AuthMethod {
 }
 
 impl Caller {
+    /// A caller, with its header values made once.
+    pub fn new(
+        tenant: Arc<str>,
+        app: Arc<str>,
+        id: Arc<str>,
+        credential: Option<Arc<str>>,
+        method: AuthMethod,
+    ) -> Caller {
+        let values = HeaderValue::from_str(&tenant).ok().zip(HeaderValue::from_str(&app).ok());
+        Caller { tenant, app, id, credential, method, values }
+    }
+
     /// Tells the upstream who is calling: `x-sluice-tenant`,
     /// `x-sluice-app` and `x-sluice-auth` (`api-key` or `jwt`).
     pub fn to_headers(&self, headers: &mut http::HeaderMap) {
-        use http::header::HeaderName;
-        const TENANT: HeaderName = HeaderName::from_static("x-sluice-tenant");
-        const APP: HeaderName = HeaderName::from_static("x-sluice-app");
-        const AUTH: HeaderName = HeaderName::from_static("x-sluice-auth");
+        self.identity_fields(|name, value| {
+            headers.insert(name, value);
+        });
+    }
+
+    /// The identity fields, one by one.
+    pub fn identity_fields(&self, mut field: impl FnMut(http::HeaderName, HeaderValue)) {
+        let [tenant_field, app_field, auth_field] = IDENTITY_FIELDS;
         // NB: tenant and app names are DNS labels (CRD validation), so
         // always valid header values.
-        if let Ok(tenant) = HeaderValue::from_str(&self.tenant) {
-            headers.insert(TENANT, tenant);
+        if let Some((tenant, app)) = &self.values {
+            field(tenant_field, tenant.clone());
+            field(app_field, app.clone());
         }
-        if let Ok(app) = HeaderValue::from_str(&self.app) {
-            headers.insert(APP, app);
-        }
-        headers.insert(AUTH, HeaderValue::from_static(self.method.as_str()));
+        field(auth_field, HeaderValue::from_static(self.method.as_str()));
     }
 }
 

@@ -21,6 +21,7 @@ pub mod calllog;
 pub mod conn;
 pub mod errors;
 pub mod exchange;
+pub mod h1;
 pub mod ingress;
 pub mod jwks;
 pub mod limits;

@@ -18,6 +18,9 @@ use crds::{RateLimit, RateLimitKey};
 /// Per-key budgets kept at most, per limiter; beyond, the least used go.
 const MAX_KEYS: u64 = 100_000;
 
+/// Apps with a budget per route before whole, unused ones are dropped.
+const MAX_APPS: usize = 10_000;
+
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -141,8 +144,14 @@ pub struct RouteLimiter {
     header: Option<http::HeaderName>,
     /// The one budget of `key: Route`.
     whole: Arc<Budget>,
-    /// Budgets by key, for the other keys.
+    /// Budgets by key, for client IP and header keys: bounded, idle ones
+    /// evicted, as requests choose these keys.
     keyed: moka::sync::Cache<String, Arc<Budget>>,
+    /// Budgets by app (`tenant/app`), for `key: App`. Apps come from config
+    /// (and anonymous callers share `-`), so a plain map behind a
+    /// read-mostly lock holds them: a fast hash and no clone of the key,
+    /// where the bounded cache cost several times more a request.
+    apps: std::sync::RwLock<rustc_hash::FxHashMap<Arc<str>, Arc<Budget>>>,
     /// `RateLimit-Policy` for this limit: `"default";q=LIMIT;w=WINDOW`.
     pub policy_header: http::HeaderValue,
 }
@@ -157,6 +166,7 @@ impl RouteLimiter {
             header: policy.header.as_deref().and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
             whole: Arc::default(),
             keyed: moka::sync::Cache::builder().max_capacity(MAX_KEYS).time_to_idle(gcra.memory()).build(),
+            apps: std::sync::RwLock::default(),
             policy_header: http::HeaderValue::from_str(&format!("\"default\";q={};w={}", gcra.limit, gcra.window))
                 .unwrap_or(http::HeaderValue::from_static("\"default\"")),
         }
@@ -186,8 +196,24 @@ impl RouteLimiter {
         match key {
             None => self.whole.clone(),
             // NB: looked up by reference; a key is copied only when first seen.
+            Some(app) if self.policy.key == RateLimitKey::App => self.app_budget(app),
             Some(key) => self.keyed.get_with_by_ref(key, Arc::default),
         }
+    }
+
+    fn app_budget(&self, app: &str) -> Arc<Budget> {
+        use std::sync::PoisonError;
+        if let Some(budget) = self.apps.read().unwrap_or_else(PoisonError::into_inner).get(app) {
+            return budget.clone();
+        }
+        let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
+        if apps.len() >= MAX_APPS {
+            // Apps removed from config leave budgets behind; the ones whole
+            // again (and unused) go.
+            let now = clock();
+            apps.retain(|_, b| Arc::strong_count(b) > 1 || b.tat.load(Ordering::Acquire) > now);
+        }
+        apps.entry(Arc::from(app)).or_default().clone()
     }
 
     /// Checks one request against this proxy's own budget. `app` is the

@@ -2,7 +2,6 @@
 //! (route ids, upstream names), never from requests; per-route handles are
 //! resolved when a snapshot is compiled, so the hot path touches atomics.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use std::fmt::Write;
@@ -96,24 +95,35 @@ struct AuthFailure {
 }
 
 /// Requests by authenticated caller, and refused callers. NB: the handles
-/// are kept by (route, tenant, app, class) behind a read-mostly lock, so a
-/// request makes no label strings once its caller has been seen.
+/// are kept by route, then caller (`tenant/app`), behind a read-mostly
+/// lock, so a request makes no label strings once its caller has been
+/// seen, and clones nothing to look them up.
 #[derive(Debug, Default)]
 pub struct CallerMetrics {
     requests: Family<CallerStatus, Counter>,
     refused: Family<AuthFailure, Counter>,
-    handles: std::sync::RwLock<HashMap<CallerKey, Counter>>,
+    handles: std::sync::RwLock<CallerHandles>,
 }
 
-type CallerKey = (Arc<str>, Arc<str>, Arc<str>, usize);
+/// Route -> caller id -> a counter per status class. The names come from
+/// config (routes, apps), never from a request, so a fast hasher is safe.
+type CallerHandles = rustc_hash::FxHashMap<Arc<str>, rustc_hash::FxHashMap<Arc<str>, CallerCounters>>;
+
+/// `(tenant, app)` and its counters by status class, made on first use.
+#[derive(Debug)]
+struct CallerCounters {
+    tenant: Arc<str>,
+    app: Arc<str>,
+    by_class: [Option<Counter>; 5],
+}
 
 impl CallerMetrics {
     /// Counts a request of an authenticated caller.
     pub fn record(&self, route: &Arc<str>, caller: &crate::exchange::Caller, status: u16) {
         let class = StatusClass::of(status);
-        let key = (route.clone(), caller.tenant.clone(), caller.app.clone(), class.index());
         if let Ok(handles) = self.handles.read()
-            && let Some(counter) = handles.get(&key)
+            && let Some(counter) =
+                handles.get(&**route).and_then(|r| r.get(&*caller.id)).and_then(|c| c.by_class[class.index()].as_ref())
         {
             counter.inc();
             return;
@@ -126,7 +136,10 @@ impl CallerMetrics {
         });
         counter.inc();
         if let Ok(mut handles) = self.handles.write() {
-            handles.insert(key, counter);
+            let counters = handles.entry(route.clone()).or_default().entry(caller.id.clone()).or_insert_with(|| {
+                CallerCounters { tenant: caller.tenant.clone(), app: caller.app.clone(), by_class: Default::default() }
+            });
+            counters.by_class[class.index()] = Some(counter);
         }
     }
 
@@ -138,18 +151,18 @@ impl CallerMetrics {
 
     fn forget_route(&self, route: &str) {
         let Ok(mut handles) = self.handles.write() else { return };
-        handles.retain(|(r, tenant, app, class), _| {
-            if &**r != route {
-                return true;
+        for counters in handles.remove(route).into_iter().flat_map(|callers| callers.into_values()) {
+            for (class, counter) in counters.by_class.iter().enumerate() {
+                if counter.is_some() {
+                    self.requests.remove(&CallerStatus {
+                        route: route.to_owned(),
+                        tenant: counters.tenant.to_string(),
+                        app: counters.app.to_string(),
+                        status_class: StatusClass::ALL[class],
+                    });
+                }
             }
-            self.requests.remove(&CallerStatus {
-                route: route.to_owned(),
-                tenant: tenant.to_string(),
-                app: app.to_string(),
-                status_class: StatusClass::ALL[*class],
-            });
-            false
-        });
+        }
         for reason in AUTH_FAILURES {
             self.refused.remove(&AuthFailure { route: route.to_owned(), reason: (*reason).to_owned() });
         }

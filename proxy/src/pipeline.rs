@@ -12,7 +12,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header, request};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
-use crate::body::{ClientBody, IdleTimer, RequestBody, ResponseBody};
+use crate::body::{ClientBody, IdleTimer, RequestBody, ResponseBody, UpstreamBody};
 use crate::conn::Activity;
 use crate::errors::ProxyError;
 use crate::exchange::Exchange;
@@ -374,6 +374,8 @@ fn respond_through(
     ran: usize,
 ) -> Response<ResponseBody> {
     let (mut parts, mut body) = response.into_parts();
+    // NB: room for the stages' headers and the request id at once.
+    parts.headers.reserve(4);
     for stage in route.stages[..ran].iter().rev() {
         stage.on_response(ex, &mut parts);
         if let Some(filter) = stage.body_filter(ex, &parts) {
@@ -441,9 +443,10 @@ async fn backend(
             // An upgraded connection belongs to the tunnel, not to the pool.
             let checkin = checkin.filter(|_| res_parts.status != StatusCode::SWITCHING_PROTOCOLS);
             let idle = IdleTimer::new(std::time::Duration::from_millis(gateway.limits.body_idle_timeout_ms));
-            let body = match checkin {
-                Some(checkin) => ResponseBody::Pooled(res_body, idle, Some(checkin)),
-                None => ResponseBody::Upstream(res_body, idle),
+            let body = match (res_body, checkin) {
+                (UpstreamBody::Hyper(b), Some(checkin)) => ResponseBody::Pooled(b, idle, Some(checkin)),
+                (UpstreamBody::Hyper(b), None) => ResponseBody::Upstream(b, idle),
+                (UpstreamBody::Lean(b), _) => ResponseBody::Lean(b, idle),
             };
             Ok(Response::from_parts(res_parts, body))
         }

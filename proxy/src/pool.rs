@@ -81,6 +81,7 @@ fn checkout(address: &Arc<str>, idle_timeout: Duration) -> Option<SendRequest<Re
 /// route's idle timeout (or that the upstream closed). Each worker calls it
 /// about once a second, so idle connections do not linger when traffic stops.
 pub fn sweep() {
+    crate::h1::sweep();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         for list in idle.values_mut() {

@@ -40,7 +40,7 @@ pub struct Record {
     /// Ends the request's activity on its connection when dropped.
     pub activity: Option<crate::conn::ActivityGuard>,
     /// The caller, when a stage authenticated one.
-    pub caller: Option<crate::exchange::Caller>,
+    pub caller: Option<Arc<crate::exchange::Caller>>,
     /// The Subscription that let the caller in.
     pub subscription: Option<Arc<str>>,
     /// The route whose stages want the outcome ([`crate::stages::Stage::on_finish`]),
@@ -57,7 +57,7 @@ impl Record {
             Some(progress) => progress.read.load(std::sync::atomic::Ordering::Relaxed),
             None => self.bytes_in,
         };
-        let who = crate::metrics::CallerOutcome { caller: self.caller.as_ref(), error: self.error };
+        let who = crate::metrics::CallerOutcome { caller: self.caller.as_deref(), error: self.error };
         self.metrics.record(self.status, elapsed.as_secs_f64(), bytes_in, bytes_out, who);
         if let Some((compiled, route)) = &self.finish_hooks {
             let outcome = crate::stages::Outcome {
@@ -66,7 +66,7 @@ impl Record {
                 bytes_in,
                 bytes_out,
                 duration: elapsed,
-                caller: self.caller.as_ref(),
+                caller: self.caller.as_deref(),
             };
             for stage in &compiled.routes[*route].stages {
                 stage.on_finish(&outcome);

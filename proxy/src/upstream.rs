@@ -10,7 +10,6 @@ use bytes::Bytes;
 use crds::{LoadBalancerPolicy, RetryOn};
 use http::{HeaderName, HeaderValue, Request, Response, Uri, Version, header, request};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,9 +17,10 @@ use hyper_util::rt::TokioExecutor;
 use snapshot::{PassiveHealthPolicy, RetryPolicy, TrafficPolicy, UpstreamGroup};
 
 use crate::balance::{self, EndpointState, PickInput};
-use crate::body::{BodyProgress, RequestBody};
+use crate::body::{BodyProgress, RequestBody, UpstreamBody};
 use crate::errors::ProxyError;
 use crate::exchange::Exchange;
+use crate::h1;
 use crate::pool::{self, Checkin};
 
 /// A pooled client (HTTP/1.1, or HTTP/2 when TLS negotiates it).
@@ -371,6 +371,15 @@ impl Payload {
         }
     }
 
+    /// The whole body, when it is known up front: `Some(None)` for none.
+    fn bytes(&self) -> Option<Option<&Bytes>> {
+        match self {
+            Payload::Empty => Some(None),
+            Payload::Buffered(b) => Some(Some(b)),
+            Payload::Stream(..) => None,
+        }
+    }
+
     fn replayable(&self) -> bool {
         !matches!(self, Payload::Stream(..))
     }
@@ -506,7 +515,7 @@ impl UpstreamSet {
         parts: &mut request::Parts,
         mut payload: Payload,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, Option<Checkin>), ProxyError> {
+    ) -> Result<(Response<UpstreamBody>, Option<Checkin>), ProxyError> {
         let deadline = Instant::now() + self.request_timeout;
         let roll = if self.groups.len() == 1 || self.total_weight == 0 { 0 } else { random() % self.total_weight };
         let group = match balance::pick_weighted(&self.weights, roll) {
@@ -551,7 +560,15 @@ impl UpstreamSet {
             // NB: the headers are moved out when there will be no second try.
             let headers =
                 if try_number >= max_tries { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
-            let request = self.build_request(ex, parts, headers, group, endpoint, body, h2c, upgrade)?;
+            let target = &group.targets[index];
+            // NB: the usual request (no body, or a buffered one, over plain
+            // TCP) takes the lean client, which writes the forwarding
+            // fields with the head; see crate::h1.
+            let lean = !(group.shared_client || h2c || upgrade)
+                && target.tls.is_none()
+                && payload.bytes().is_some()
+                && h1::suits(&parts.method, &headers);
+            let request = self.build_request(ex, parts, headers, group, endpoint, body, h2c, upgrade, lean)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let per_try = self
                 .retries
@@ -565,14 +582,35 @@ impl UpstreamSet {
                 let client = if h2c { &self.h2c } else { &self.client };
                 tokio::time::timeout(per_try, Box::pin(client.request(request)))
                     .await
-                    .map(|r| r.map(|response| (response, None)).map_err(|e| classify(&e)))
-            } else {
+                    .map(|r| r.map(|response| (response.map(UpstreamBody::Hyper), None)).map_err(|e| classify(&e)))
+            } else if lean {
+                let body = payload.bytes().flatten();
                 tokio::time::timeout(
                     per_try,
-                    pool::send(&group.targets[index], self.connect_timeout, self.idle_timeout, request),
+                    h1::send(h1::Exchange {
+                        key: &target.key,
+                        address: &target.address,
+                        connect_timeout: self.connect_timeout,
+                        idle_timeout: self.idle_timeout,
+                        request: &request,
+                        body,
+                        forwarding: (ex, parts.version),
+                    }),
                 )
                 .await
-                .map(|r| r.map(|(response, checkin)| (response, Some(checkin))).map_err(|e| classify_pooled(&e)))
+                .map(|r| {
+                    r.map(|response| (response.map(UpstreamBody::Lean), None)).map_err(|e| match e {
+                        h1::Error::Connect(detail) => Failure::Connect(detail),
+                        h1::Error::Protocol(detail) => Failure::Reset(detail),
+                    })
+                })
+            } else {
+                tokio::time::timeout(per_try, pool::send(target, self.connect_timeout, self.idle_timeout, request))
+                    .await
+                    .map(|r| {
+                        r.map(|(response, checkin)| (response.map(UpstreamBody::Hyper), Some(checkin)))
+                            .map_err(|e| classify_pooled(&e))
+                    })
             };
             drop(in_flight);
             ex.upstream_latency = Some(sent.elapsed());
@@ -680,6 +718,7 @@ impl UpstreamSet {
         body: RequestBody,
         h2c: bool,
         upgrade: bool,
+        lean: bool,
     ) -> Result<Request<RequestBody>, ProxyError> {
         let scheme = if group.tls { "https" } else { "http" };
         let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -700,6 +739,9 @@ impl UpstreamSet {
         let grpc = is_grpc(&headers);
         *request.headers_mut() = headers;
         let headers = request.headers_mut();
+        // NB: room for what is added below (forwarding, identity, request
+        // id) at once, instead of the map growing, and rehashing, twice.
+        headers.reserve(10);
         // NB: hop-by-hop headers were removed at ingress, before any stage.
         if upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -708,7 +750,10 @@ impl UpstreamSet {
             // gRPC needs trailers, so TE: trailers passes through.
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        forwarding_headers(ex, parts.version, headers);
+        // NB: the lean client writes these with the head instead.
+        if !lean {
+            forwarding_headers(ex, parts.version, headers);
+        }
         match &group.host {
             Some(host) => {
                 headers.insert(header::HOST, host.clone());
@@ -741,39 +786,98 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `Forwarded` and `X-Real-IP` are dropped; a trusted proxy's chain is
 /// extended with it, and `X-Real-IP` names the client found in it.
 pub fn forwarding_headers(ex: &Exchange, version: Version, headers: &mut http::HeaderMap) {
+    // NB: one pass over the (few) names finds which of the replaced ones a
+    // client sent; removing absent names would cost a hash each.
+    let mut replaced = [false; 2];
+    for name in headers.keys() {
+        replaced[0] |= name == header::FORWARDED && !ex.peer_trusted;
+        replaced[1] |= name == X_REAL_IP;
+    }
+    if replaced[0] {
+        headers.remove(header::FORWARDED);
+    }
+    if replaced[1] {
+        headers.remove(X_REAL_IP);
+    }
+    let mut fields = Vec::with_capacity(10);
+    forwarding_fields(ex, version, headers, |name, value| fields.push((name, value)));
+    for (name, value) in fields {
+        if name == header::FORWARDED || name == header::VIA {
+            headers.append(name, value);
+        } else {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// [`forwarding_headers`] for a head written by hand (the lean client):
+/// whether the request's own field `name` is replaced (and so left out),
+/// and ([`forwarding_lines`]) the fields that replace it.
+pub fn forwarding_replaces(ex: &Exchange, name: &HeaderName) -> bool {
+    if *name == header::FORWARDED {
+        return !ex.peer_trusted;
+    }
+    if *name == header::VIA {
+        return false;
+    }
+    *name == X_FORWARDED_FOR
+        || *name == X_FORWARDED_PROTO
+        || *name == X_FORWARDED_HOST
+        || *name == X_REAL_IP
+        || *name == X_REQUEST_ID
+        || (ex.caller.is_some() && crate::exchange::IDENTITY_FIELDS.contains(name))
+}
+
+/// Writes the fields [`forwarding_headers`] sets, as head lines.
+pub fn forwarding_lines(ex: &Exchange, version: Version, headers: &http::HeaderMap, out: &mut Vec<u8>) {
+    forwarding_fields(ex, version, headers, |name, value| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// The forwarding fields, in one place for both ways of sending them:
+/// each is set (replacing the request's own) but `Forwarded` and `Via`,
+/// which are appended.
+fn forwarding_fields(
+    ex: &Exchange,
+    version: Version,
+    headers: &http::HeaderMap,
+    mut field: impl FnMut(HeaderName, HeaderValue),
+) {
     if ex.peer_trusted {
         let peer = ex.client.ip();
         let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
         let chain = if prior.is_empty() { peer.to_string() } else { format!("{}, {peer}", prior.join(", ")) };
-        headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&chain).unwrap_or_else(|_| ex.client_ip.clone()));
+        field(X_FORWARDED_FOR, HeaderValue::from_str(&chain).unwrap_or_else(|_| ex.client_ip.clone()));
         let element = match peer {
             std::net::IpAddr::V4(ip) => format!("for={ip}"),
             std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
         };
         if let Ok(value) = HeaderValue::from_str(&element) {
-            headers.append(header::FORWARDED, value);
+            field(header::FORWARDED, value);
         }
-        headers.insert(X_REAL_IP, ex.client_ip.clone());
+        field(X_REAL_IP, ex.client_ip.clone());
     } else {
         // NB: the client is the peer, whose address is made once per connection.
-        headers.insert(X_FORWARDED_FOR, ex.client_ip.clone());
-        headers.remove(header::FORWARDED);
-        headers.remove(X_REAL_IP);
+        field(X_FORWARDED_FOR, ex.client_ip.clone());
     }
     if let Some(caller) = &ex.caller {
-        caller.to_headers(headers);
+        caller.identity_fields(&mut field);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(ex.scheme));
+    field(X_FORWARDED_PROTO, HeaderValue::from_static(ex.scheme));
     if let Some(authority) = &ex.authority {
-        headers.insert(X_FORWARDED_HOST, authority.clone());
+        field(X_FORWARDED_HOST, authority.clone());
     }
     let via = match version {
         Version::HTTP_2 => "2 sluice",
         Version::HTTP_10 => "1.0 sluice",
         _ => "1.1 sluice",
     };
-    headers.append(header::VIA, HeaderValue::from_static(via));
-    headers.insert(X_REQUEST_ID, ex.request_id_value.clone());
+    field(header::VIA, HeaderValue::from_static(via));
+    field(X_REQUEST_ID, ex.request_id_value.clone());
 }
 
 /// Whether a route retrying on `on` retries an upstream answer of `status`.

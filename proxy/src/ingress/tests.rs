@@ -175,13 +175,13 @@ fn a_clients_identity_headers_are_removed() {
     assert!(!p.headers.contains_key("x-sluice-tenant") && !p.headers.contains_key("x-sluice-app"));
     assert_eq!(p.headers.get("x-sluicer").expect("kept"), "kept");
     // What the gateway sends instead, once a stage knows the caller.
-    let caller = crate::exchange::Caller {
-        tenant: "team-a".into(),
-        app: "billing".into(),
-        id: "team-a/billing".into(),
-        credential: None,
-        method: crate::exchange::AuthMethod::ApiKey,
-    };
+    let caller = crate::exchange::Caller::new(
+        "team-a".into(),
+        "billing".into(),
+        "team-a/billing".into(),
+        None,
+        crate::exchange::AuthMethod::ApiKey,
+    );
     caller.to_headers(&mut p.headers);
     assert_eq!(p.headers.get("x-sluice-tenant").expect("tenant"), "team-a");
     assert_eq!(p.headers.get("x-sluice-app").expect("app"), "billing");

@@ -25,20 +25,42 @@ use crate::exchange::{AuthMethod, Caller, Exchange};
 pub struct KeyIndex {
     /// Entries by the first eight bytes of their digest (several keys may
     /// share them; the whole digest is compared).
-    by_prefix: HashMap<[u8; 8], Vec<KeyEntry>>,
+    by_prefix: HashMap<u64, Vec<KeyEntry>, std::hash::BuildHasherDefault<DigestHasher>>,
+}
+
+/// Hashes a digest prefix as itself: SHA-256 output is already uniform,
+/// and SipHash over it cost more than the rest of the lookup. (The map is
+/// built from config; a presented key can only probe it.)
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
 }
 
 #[derive(Debug)]
 struct KeyEntry {
     digest: [u8; 32],
-    caller: Caller,
+    caller: Arc<Caller>,
 }
 
 impl KeyIndex {
     /// Indexes the snapshot's keys; a digest that is not 64 hex digits
     /// (translate never makes one) is left out.
     pub fn new(keys: &[ApiKey]) -> KeyIndex {
-        let mut by_prefix: HashMap<[u8; 8], Vec<KeyEntry>> = HashMap::new();
+        let mut by_prefix: HashMap<u64, Vec<KeyEntry>, _> = HashMap::default();
         // One shared copy of each tenant and app name.
         type Names = (Arc<str>, Arc<str>);
         let mut names: HashMap<(&str, &str), Names> = HashMap::new();
@@ -52,7 +74,7 @@ impl KeyIndex {
             // says which key was used without saying what it is.
             let credential = Some(Arc::from(&key.sha256[..12]));
             let id = Arc::from(format!("{tenant}/{app}"));
-            let caller = Caller { tenant, app, id, credential, method: AuthMethod::ApiKey };
+            let caller = Arc::new(Caller::new(tenant, app, id, credential, AuthMethod::ApiKey));
             by_prefix.entry(prefix(&digest)).or_default().push(KeyEntry { digest, caller });
         }
         KeyIndex { by_prefix }
@@ -60,28 +82,26 @@ impl KeyIndex {
 
     /// The caller a key belongs to.
     #[cfg(test)]
-    fn find(&self, key: &[u8]) -> Option<&Caller> {
+    fn find(&self, key: &[u8]) -> Option<&Arc<Caller>> {
         self.find_digest(&sha256(key))
     }
 
     /// The caller whose key has this digest.
-    fn find_digest(&self, digest: &[u8; 32]) -> Option<&Caller> {
+    fn find_digest(&self, digest: &[u8; 32]) -> Option<&Arc<Caller>> {
         let entries = self.by_prefix.get(&prefix(digest))?;
         entries.iter().find(|e| constant_time_eq(&e.digest, digest)).map(|e| &e.caller)
     }
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
-fn prefix(digest: &[u8; 32]) -> [u8; 8] {
+fn prefix(digest: &[u8; 32]) -> u64 {
     let mut out = [0u8; 8];
     out.copy_from_slice(&digest[..8]);
-    out
+    u64::from_le_bytes(out)
 }
 
 fn from_hex(hex: &str) -> Option<[u8; 32]> {
@@ -134,19 +154,26 @@ impl ApiKeyAuth {
         // NB: only the first key is hashed, with no copy; a second one
         // makes the request ambiguous anyway.
         let mut presented = Presented::default();
-        for value in req.headers.get_all(header::AUTHORIZATION) {
-            match bearer(value.as_bytes()) {
-                Some(token) => presented.add(token),
-                None => {
-                    return Err(unauthorized(
-                        "invalid-authorization",
-                        "the Authorization header is not \"Bearer\" followed by a key",
-                    ));
+        // NB: each credential header is taken out with one lookup (an
+        // entry), not looked at and removed after: the credential stops
+        // here either way, as a refused request goes nowhere.
+        if let header::Entry::Occupied(entry) = req.headers.entry(header::AUTHORIZATION) {
+            for value in entry.remove_entry_mult().1 {
+                match bearer(value.as_bytes()) {
+                    Some(token) => presented.add(token),
+                    None => {
+                        return Err(unauthorized(
+                            "invalid-authorization",
+                            "the Authorization header is not \"Bearer\" followed by a key",
+                        ));
+                    }
                 }
             }
         }
-        for value in req.headers.get_all(&self.header) {
-            presented.add(value.as_bytes());
+        if let header::Entry::Occupied(entry) = req.headers.entry(&self.header) {
+            for value in entry.remove_entry_mult().1 {
+                presented.add(value.as_bytes());
+            }
         }
         let query = req.uri.query();
         let mut in_query = false;
@@ -183,9 +210,6 @@ impl ApiKeyAuth {
             return Err(unauthorized("invalid-api-key", "the API key is not known (or no longer valid)"));
         };
         ex.caller = Some(caller.clone());
-        // The credential stops here.
-        req.headers.remove(header::AUTHORIZATION);
-        req.headers.remove(&self.header);
         if in_query && let Some(name) = &self.query {
             remove_query_param(req, name);
         }

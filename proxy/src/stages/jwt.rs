@@ -192,13 +192,7 @@ impl JwtAuth {
             });
         };
         let subject = claims.get("sub").and_then(serde_json::Value::as_str).map(|s| Arc::from(&s[..s.len().min(128)]));
-        ex.caller = Some(Caller {
-            tenant: tenant.clone(),
-            app: app.clone(),
-            id: id.clone(),
-            credential: subject,
-            method: AuthMethod::Jwt,
-        });
+        ex.caller = Some(Arc::new(Caller::new(tenant.clone(), app.clone(), id.clone(), subject, AuthMethod::Jwt)));
         for (claim, name) in &self.claim_headers {
             let value = match claims.get(claim) {
                 Some(serde_json::Value::String(s)) => HeaderValue::from_str(s).ok(),
