@@ -446,6 +446,9 @@ pub async fn drive<C: Graceful>(
     }
     loop {
         tokio::select! {
+            // NB: in order, the connection first: no random start to draw
+            // on every wake-up of a busy connection.
+            biased;
             ended = conn.as_mut() => return ended.err(),
             changed = shutdown.changed(), if !closing => {
                 if changed.is_err() || *shutdown.borrow() {
