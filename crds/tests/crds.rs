@@ -352,34 +352,41 @@ fn validate(object: &Value, old: Option<&Value>) -> Vec<ValidationError> {
 }
 
 /// An object (or an update) that breaks exactly one rule.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Case {
     /// What the case shows, for failure messages.
-    name: &'static str,
-    kind: &'static str,
+    name: String,
+    kind: String,
     /// Schema path of the node holding the rule (`spec.matches[].path`).
-    at: &'static str,
+    at: String,
     /// The rule's message.
-    message: &'static str,
+    message: String,
     spec: Value,
     /// The old spec, for a transition rule (an update).
+    #[serde(default)]
     old_spec: Option<Value>,
 }
 
-fn case(name: &'static str, kind: &'static str, at: &'static str, message: &'static str, spec: Value) -> Case {
-    Case { name, kind, at, message, spec, old_spec: None }
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
 }
 
-const RATE_LIMIT_HEADER: &str = "rateLimit.header is required when rateLimit.key is Header";
-const ROUTE_BACKEND: &str = "backend must set exactly one of services, upstreams, ai or directResponse";
-const VALUE_REQUIRED: &str = "value is required unless type is Present";
-const OPENAPI_ONE: &str = "openapi must set exactly one of inline or configMapRef";
-const REWRITE_ONE: &str = "rewritePath must set exactly one of replacePrefix or replaceFull";
-const SUBSCRIPTION_IMMUTABLE: &str = "app and route are immutable: create a new Subscription instead";
+/// The cases of `tests/data/cel-cases.yaml` (shared with the cluster tests,
+/// which send the same objects to a real API server).
+fn invalid_cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(data("cel-cases.yaml")).expect("tests/data/cel-cases.yaml");
+    serde_yaml::from_str(&text).expect("tests/data/cel-cases.yaml is a list of cases")
+}
 
-/// A route that passes every rule, with no optional field set: the base the
-/// ApiRoute cases add one mistake to.
-fn minimal_route() -> Value {
-    json!({ "backend": { "services": [{ "name": "web", "port": 80 }] } })
+/// The objects of `tests/data/valid-objects.yaml`: they pass every rule,
+/// using as many of the ruled fields as possible so each rule is also seen
+/// passing.
+fn valid_objects() -> Vec<Value> {
+    let text = std::fs::read_to_string(data("valid-objects.yaml")).expect("tests/data/valid-objects.yaml");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|document| serde::Deserialize::deserialize(document).expect("a valid object"))
+        .collect()
 }
 
 fn with(mut base: Value, field: &str, value: Value) -> Value {
@@ -389,407 +396,6 @@ fn with(mut base: Value, field: &str, value: Value) -> Value {
 
 fn minimal_subscription() -> Value {
     json!({ "app": "web", "route": { "name": "orders-v1" } })
-}
-
-fn invalid_cases() -> Vec<Case> {
-    vec![
-        // Tenant
-        case(
-            "duplicate app names",
-            "Tenant",
-            "spec",
-            "apps[].name must be unique",
-            json!({ "apps": [{ "name": "web" }, { "name": "batch" }, { "name": "web" }] }),
-        ),
-        case(
-            "tenant default rate limit keyed by a header it does not name",
-            "Tenant",
-            "spec.defaults.rateLimit",
-            RATE_LIMIT_HEADER,
-            json!({ "defaults": { "rateLimit": { "requests": 100, "key": "Header" } } }),
-        ),
-        // ApiRoute: spec-level rules
-        case(
-            "ConsistentHash without hashHeader",
-            "ApiRoute",
-            "spec",
-            "loadBalancer.hashHeader is required when loadBalancer.policy is ConsistentHash",
-            with(minimal_route(), "loadBalancer", json!({ "policy": "ConsistentHash" })),
-        ),
-        case(
-            "tls host outside spec.hosts",
-            "ApiRoute",
-            "spec",
-            "every tls[].hosts entry must be one of spec.hosts",
-            with(
-                with(minimal_route(), "hosts", json!(["api.example.com"])),
-                "tls",
-                json!([{ "hosts": ["api.example.com", "www.example.com"], "secretName": "api-tls" }]),
-            ),
-        ),
-        case(
-            "tls on a route without hosts",
-            "ApiRoute",
-            "spec",
-            "every tls[].hosts entry must be one of spec.hosts",
-            with(minimal_route(), "tls", json!([{ "hosts": ["api.example.com"], "secretName": "api-tls" }])),
-        ),
-        case(
-            "Jwt mode without jwt",
-            "ApiRoute",
-            "spec",
-            "auth.jwt is required when auth.mode is Jwt or ApiKeyOrJwt",
-            with(minimal_route(), "auth", json!({ "mode": "Jwt" })),
-        ),
-        case(
-            "ApiKeyOrJwt mode without jwt",
-            "ApiRoute",
-            "spec",
-            "auth.jwt is required when auth.mode is Jwt or ApiKeyOrJwt",
-            with(minimal_route(), "auth", json!({ "mode": "ApiKeyOrJwt" })),
-        ),
-        case(
-            "jwt with both a JWKS URL and a Secret",
-            "ApiRoute",
-            "spec.auth.jwt",
-            "auth.jwt needs exactly one of jwksUri or jwksSecretRef",
-            with(
-                minimal_route(),
-                "auth",
-                json!({ "mode": "Jwt", "jwt": { "issuer": "https://issuer.test", "jwksUri": "https://issuer.test/jwks", "jwksSecretRef": { "name": "keys" } } }),
-            ),
-        ),
-        case(
-            "jwt with neither a JWKS URL nor a Secret",
-            "ApiRoute",
-            "spec.auth.jwt",
-            "auth.jwt needs exactly one of jwksUri or jwksSecretRef",
-            with(minimal_route(), "auth", json!({ "mode": "Jwt", "jwt": { "issuer": "https://issuer.test" } })),
-        ),
-        case(
-            "subscription required on an anonymous route",
-            "ApiRoute",
-            "spec",
-            "subscription.required needs an auth.mode other than None, to know which app is calling",
-            with(minimal_route(), "subscription", json!({ "required": true })),
-        ),
-        case(
-            "anonymous draft route",
-            "ApiRoute",
-            "spec",
-            "a Draft route is callable only by its own tenant's apps, so auth.mode must not be None",
-            with(minimal_route(), "lifecycle", json!({ "state": "Draft" })),
-        ),
-        // ApiRoute: nested rules
-        case("backend with nothing set", "ApiRoute", "spec.backend", ROUTE_BACKEND, json!({ "backend": {} })),
-        case(
-            "backend with two kinds set",
-            "ApiRoute",
-            "spec.backend",
-            ROUTE_BACKEND,
-            json!({ "backend": {
-                "services": [{ "name": "web", "port": 80 }],
-                "directResponse": { "status": 503 }
-            } }),
-        ),
-        case(
-            "upstream URL without http(s) scheme",
-            "ApiRoute",
-            "spec.backend.upstreams[]",
-            "upstreams[].url must start with http:// or https://",
-            json!({ "backend": { "upstreams": [
-                { "url": "https://ok.example.com" },
-                { "url": "ftp://files.example.com" }
-            ] } }),
-        ),
-        case(
-            "Deprecated without sunset",
-            "ApiRoute",
-            "spec.lifecycle",
-            "a Deprecated route needs lifecycle.deprecatedSince and lifecycle.sunset",
-            with(
-                minimal_route(),
-                "lifecycle",
-                json!({ "state": "Deprecated", "deprecatedSince": "2025-01-01T00:00:00Z" }),
-            ),
-        ),
-        case(
-            "exact header match without value",
-            "ApiRoute",
-            "spec.matches[].headers[]",
-            VALUE_REQUIRED,
-            with(minimal_route(), "matches", json!([{ "headers": [{ "name": "x-env" }] }])),
-        ),
-        case(
-            "regex query match without value",
-            "ApiRoute",
-            "spec.matches[].queryParams[]",
-            VALUE_REQUIRED,
-            with(
-                minimal_route(),
-                "matches",
-                json!([{ "queryParams": [{ "name": "q", "type": "RegularExpression" }] }]),
-            ),
-        ),
-        case(
-            "path prefix without leading slash",
-            "ApiRoute",
-            "spec.matches[].path",
-            "path.value must start with '/'",
-            with(minimal_route(), "matches", json!([{ "path": { "value": "v1" } }])),
-        ),
-        case(
-            "openapi with neither source",
-            "ApiRoute",
-            "spec.openapi",
-            OPENAPI_ONE,
-            with(minimal_route(), "openapi", json!({})),
-        ),
-        case(
-            "openapi with both sources",
-            "ApiRoute",
-            "spec.openapi",
-            OPENAPI_ONE,
-            with(
-                minimal_route(),
-                "openapi",
-                json!({ "inline": "openapi: 3.1.0", "configMapRef": { "name": "orders-api" } }),
-            ),
-        ),
-        case(
-            "route rate limit keyed by a header it does not name",
-            "ApiRoute",
-            "spec.rateLimit",
-            RATE_LIMIT_HEADER,
-            with(minimal_route(), "rateLimit", json!({ "requests": 10, "key": "Header" })),
-        ),
-        case(
-            "rewritePath with both fields",
-            "ApiRoute",
-            "spec.requestTransform.rewritePath",
-            REWRITE_ONE,
-            with(
-                minimal_route(),
-                "requestTransform",
-                json!({ "rewritePath": { "replacePrefix": "/", "replaceFull": "/health" } }),
-            ),
-        ),
-        case(
-            "rewritePath with neither field",
-            "ApiRoute",
-            "spec.requestTransform.rewritePath",
-            REWRITE_ONE,
-            with(minimal_route(), "requestTransform", json!({ "rewritePath": {} })),
-        ),
-        // Subscription
-        case(
-            "decided approval without decidedBy",
-            "Subscription",
-            "spec.approval",
-            "approval.decidedBy is required once the state is not Pending",
-            with(minimal_subscription(), "approval", json!({ "state": "Approved" })),
-        ),
-        case(
-            "plan rate limit keyed by a header it does not name",
-            "Subscription",
-            "spec.plan.rateLimit",
-            RATE_LIMIT_HEADER,
-            with(
-                minimal_subscription(),
-                "plan",
-                json!({ "name": "gold", "rateLimit": { "requests": 5, "key": "Header" } }),
-            ),
-        ),
-        // A transition rule (it reads oldSelf): kube-cel evaluates it when an
-        // old object is given, as the API server does on update, and skips it
-        // on create.
-        Case {
-            name: "app changed on update",
-            kind: "Subscription",
-            at: "spec",
-            message: SUBSCRIPTION_IMMUTABLE,
-            spec: json!({ "app": "batch", "route": { "name": "orders-v1" } }),
-            old_spec: Some(minimal_subscription()),
-        },
-        Case {
-            name: "route changed on update",
-            kind: "Subscription",
-            at: "spec",
-            message: SUBSCRIPTION_IMMUTABLE,
-            spec: json!({ "app": "web", "route": { "name": "orders-v1", "namespace": "team-b" } }),
-            old_spec: Some(minimal_subscription()),
-        },
-        // AiProvider
-        case(
-            "openaiCompatible without baseUrl",
-            "AiProvider",
-            "spec",
-            "baseUrl is required for azureOpenai and openaiCompatible providers",
-            json!({ "type": "openaiCompatible", "models": [{ "name": "qwen" }] }),
-        ),
-        case(
-            "hosted provider without credential",
-            "AiProvider",
-            "spec",
-            "credentialSecretRef is required for hosted providers (openai, azureOpenai, anthropic, gemini, mistral)",
-            json!({ "type": "anthropic", "models": [{ "name": "claude-sonnet-4-5" }] }),
-        ),
-        case(
-            "duplicate model names",
-            "AiProvider",
-            "spec",
-            "models[].name must be unique",
-            json!({ "type": "ollama", "models": [{ "name": "llama3" }, { "name": "llama3", "alias": "fast" }] }),
-        ),
-        case(
-            "provider rate limit keyed by a header it does not name",
-            "AiProvider",
-            "spec.rateLimit",
-            RATE_LIMIT_HEADER,
-            json!({
-                "type": "vllm",
-                "models": [{ "name": "mistral-7b" }],
-                "rateLimit": { "requests": 50, "key": "Header" }
-            }),
-        ),
-    ]
-}
-
-/// Objects that pass every rule, using as many of the ruled fields as
-/// possible so each rule is also seen passing.
-fn valid_objects() -> Vec<Value> {
-    vec![
-        object(
-            "Tenant",
-            json!({
-                "displayName": "Team A",
-                "description": "Orders and payments.",
-                "namespaces": ["team-a", "team-a-staging"],
-                "hostnames": ["*.team-a.example.com", "api.example.com"],
-                "apps": [
-                    { "name": "web" },
-                    { "name": "batch", "description": "Nightly jobs.", "clientIds": ["batch-client"] }
-                ],
-                "approvers": { "users": ["alice"], "groups": ["team-a-admins"] },
-                "defaults": {
-                    "visibility": "Public",
-                    "approval": "Auto",
-                    "rateLimit": { "requests": 100, "period": "Second", "burst": 20, "key": "Header", "header": "x-user" }
-                },
-                "quotas": { "requestsPerMinute": 6000, "aiTokensPerDay": 1000000, "monthlyAiBudgetUsd": 250.5 }
-            }),
-        ),
-        object("Tenant", json!({})),
-        object(
-            "ApiRoute",
-            json!({
-                "hosts": ["api.example.com", "www.example.com"],
-                "matches": [
-                    {
-                        "path": { "type": "PathPrefix", "value": "/orders" },
-                        "methods": ["GET", "POST"],
-                        "headers": [
-                            { "name": "x-env", "value": "prod" },
-                            { "name": "x-debug", "type": "Present" }
-                        ],
-                        "queryParams": [{ "name": "q", "type": "RegularExpression", "value": "^[a-z]+$" }]
-                    },
-                    { "path": { "type": "RegularExpression", "value": ".*\\.json" } }
-                ],
-                "version": "v1",
-                "lifecycle": {
-                    "state": "Deprecated",
-                    "deprecatedSince": "2025-01-01T00:00:00Z",
-                    "sunset": "2026-01-01T00:00:00Z",
-                    "successor": "https://api.example.com/v2"
-                },
-                "visibility": "Public",
-                "auth": {
-                    "mode": "ApiKeyOrJwt",
-                    "apiKey": { "header": "x-key" },
-                    "jwt": { "issuer": "https://id.example.com", "jwksUri": "https://id.example.com/jwks", "audiences": ["orders"] }
-                },
-                "subscription": { "required": true, "approval": "Manual" },
-                "backend": { "upstreams": [
-                    { "url": "https://orders.internal.example.com/base", "weight": 3 },
-                    { "url": "http://orders-legacy:8080" }
-                ] },
-                "loadBalancer": { "policy": "ConsistentHash", "hashHeader": "x-user" },
-                "timeouts": { "connect": "2s", "request": "1m30s" },
-                "retries": { "attempts": 3, "on": ["GatewayError", "Status429"], "perTryTimeout": "500ms" },
-                "passiveHealth": { "consecutiveFailures": 3 },
-                "requestTransform": {
-                    "setHeaders": [{ "name": "x-from", "value": "sluice" }],
-                    "rewritePath": { "replacePrefix": "/" },
-                    "removeQuery": ["debug"]
-                },
-                "responseTransform": { "removeHeaders": ["server"] },
-                "rateLimit": { "requests": 100, "period": "Second", "key": "Header", "header": "x-user" },
-                "cache": { "ttl": "30s", "varyHeaders": ["accept"] },
-                "cors": { "allowOrigins": ["https://app.example.com"], "maxAge": "10m" },
-                "tls": [{ "hosts": ["api.example.com", "www.example.com"], "secretName": "api-tls" }],
-                "openapi": { "configMapRef": { "name": "orders-api" } }
-            }),
-        ),
-        object(
-            "ApiRoute",
-            json!({
-                "auth": { "mode": "ApiKey" },
-                "subscription": { "required": true },
-                "backend": { "ai": {
-                    "targets": [{ "provider": "openai", "model": "smart" }],
-                    "fallback": [{ "provider": "ollama", "model": "llama3" }],
-                    "prompt": { "template": "Summarize {{ input.text }}", "inputSchema": { "type": "object", "required": ["text"] } }
-                } },
-                "requestTransform": { "rewritePath": { "replaceFull": "/v1/chat/completions" } },
-                "openapi": { "inline": "openapi: 3.1.0" }
-            }),
-        ),
-        object(
-            "ApiRoute",
-            json!({ "backend": { "directResponse": { "status": 503, "body": "down for maintenance" } } }),
-        ),
-        object("ApiRoute", minimal_route()),
-        object(
-            "Subscription",
-            json!({
-                "app": "web",
-                "route": { "namespace": "team-b", "name": "orders-v1" },
-                "plan": { "name": "gold", "rateLimit": { "requests": 1000, "period": "Hour", "key": "Header", "header": "x-user" } },
-                "reason": "Checkout needs order status.",
-                "approval": { "state": "Approved", "decidedBy": "bob", "comment": "ok" }
-            }),
-        ),
-        object("Subscription", minimal_subscription()),
-        object(
-            "AiProvider",
-            json!({
-                "type": "openai",
-                "credentialSecretRef": { "name": "openai" },
-                "models": [
-                    { "name": "gpt-4o", "alias": "smart", "contextWindow": 128000, "pricing": { "inputPerMillion": 2.5, "outputPerMillion": 10.0 } },
-                    { "name": "gpt-4o-mini", "alias": "fast" }
-                ],
-                "timeout": "60s",
-                "rateLimit": { "requests": 1000, "key": "Route" }
-            }),
-        ),
-        object(
-            "AiProvider",
-            json!({
-                "type": "azureOpenai",
-                "baseUrl": "https://team-a.openai.azure.com",
-                "credentialSecretRef": { "name": "azure", "key": "key1" },
-                "apiVersion": "2024-06-01",
-                "models": [{ "name": "gpt-4o-deployment" }]
-            }),
-        ),
-        object(
-            "AiProvider",
-            json!({ "type": "openaiCompatible", "baseUrl": "http://llm:8000/v1", "models": [{ "name": "qwen" }] }),
-        ),
-        object("AiProvider", json!({ "type": "ollama", "models": [{ "name": "llama3" }] })),
-    ]
 }
 
 #[test]
@@ -860,8 +466,8 @@ fn each_cel_rule_rejects_its_invalid_case() {
                 .push(format!("{}: no {} rule at {} with message {:?}", case.name, case.kind, case.at, case.message));
             continue;
         };
-        let new = object(case.kind, case.spec.clone());
-        let old = case.old_spec.clone().map(|spec| object(case.kind, spec));
+        let new = object(&case.kind, case.spec.clone());
+        let old = case.old_spec.clone().map(|spec| object(&case.kind, spec));
         let errors = validate(&new, old.as_ref());
         let hit = |e: &ValidationError| {
             e.message == case.message
