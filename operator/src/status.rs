@@ -1,0 +1,155 @@
+//! Status written back to the objects: what translate concluded, as
+//! Kubernetes conditions, through server-side apply with one field manager.
+//!
+//! [`desired`] is pure: from translate's [`ObjectStatus`], the object's
+//! current status and the clock, the status the object should have. A
+//! condition keeps its `lastTransitionTime` while its status stays the
+//! same, so an unchanged verdict gives an equal status, and [`write_all`]
+//! sends nothing for it: a status is written once, not on every compile.
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use snapshot::status::{ConditionStatus, ObjectStatus, reason};
+use snapshot::{Translation, status::ObjectRef};
+
+use crate::watch::Stores;
+
+/// The one field manager the operator writes with.
+pub const FIELD_MANAGER: &str = "sluice-operator";
+
+/// A hint added to "not found" messages: the operator reads only some
+/// Secrets and ConfigMaps.
+const VISIBILITY_HINT: &str = " (the operator reads only Secrets of type sluice.dev/api-key labelled sluice.dev/app, \
+Secrets of type kubernetes.io/tls, and Secrets and ConfigMaps labelled sluice.dev/config)";
+
+/// What the object's status should be, or `None` when it already is.
+/// `current` is the object's status as read (its conditions and fields).
+pub fn desired(
+    verdict: &ObjectStatus,
+    generation: Option<i64>,
+    current: &Value,
+    now: jiff::Timestamp,
+) -> Option<Value> {
+    let existing: Vec<Condition> = serde_json::from_value(current["conditions"].clone()).unwrap_or_default();
+    let conditions: Vec<Condition> = verdict
+        .conditions
+        .iter()
+        .map(|c| {
+            let status = match c.status {
+                ConditionStatus::True => "True",
+                ConditionStatus::False => "False",
+            };
+            let mut message = c.message.clone();
+            if matches!(c.reason.as_str(), reason::SECRET_NOT_FOUND | reason::CONFIG_MAP_NOT_FOUND) {
+                message.push_str(VISIBILITY_HINT);
+            }
+            let before = existing.iter().find(|e| e.type_ == c.kind);
+            let since = match before {
+                Some(before) if before.status == status => before.last_transition_time.clone(),
+                _ => Time(now),
+            };
+            Condition {
+                type_: c.kind.clone(),
+                status: status.to_owned(),
+                reason: c.reason.clone(),
+                message,
+                observed_generation: generation,
+                last_transition_time: since,
+            }
+        })
+        .collect();
+    let mut status = json!({ "conditions": conditions });
+    match verdict.object.kind.as_str() {
+        "Subscription" => status["phase"] = json!(verdict.phase),
+        "AiProvider" => status["baseUrl"] = json!(verdict.base_url),
+        "ApiRoute" => status["apps"] = json!(verdict.apps),
+        _ => {}
+    }
+    if let Value::Object(fields) = &mut status {
+        fields.retain(|_, v| !v.is_null());
+    }
+    (!same(&status, current)).then_some(status)
+}
+
+/// Whether `current` already says what `desired` says (fields the operator
+/// does not own are ignored).
+fn same(desired: &Value, current: &Value) -> bool {
+    let Value::Object(fields) = desired else { return false };
+    fields.iter().all(|(key, value)| current.get(key) == Some(value))
+        && ["phase", "baseUrl", "apps"].iter().all(|k| fields.contains_key(*k) || current.get(*k).is_none())
+}
+
+/// Writes every status that differs from what the objects hold. Returns how
+/// many were written; failures are logged and retried on the next pass.
+pub async fn write_all(client: &kube::Client, stores: &Stores, translation: &Translation) -> usize {
+    let now = jiff::Timestamp::now();
+    let mut written = 0;
+    for verdict in &translation.statuses {
+        let ObjectRef { kind, namespace, name } = &verdict.object;
+        let (generation, current) = match kind.as_str() {
+            "ApiRoute" => current(stores.route(namespace, name)),
+            "Tenant" => current(stores.tenant(name)),
+            "Subscription" => current(stores.subscription(namespace, name)),
+            "AiProvider" => current(stores.provider(namespace, name)),
+            // Secrets, Services and Ingresses have no status of Sluice's.
+            _ => continue,
+        };
+        let Some(current) = current else { continue };
+        let Some(status) = desired(verdict, generation, &current, now) else { continue };
+        match patch(client, kind, namespace, name, status).await {
+            Ok(()) => written += 1,
+            Err(error) => crate::say!("status of {}: {error} (retrying on the next pass)", verdict.object),
+        }
+    }
+    written
+}
+
+/// The generation and status of a cached object (`None`: not in the cache,
+/// so not ours to write yet).
+fn current<K: kube::Resource + serde::Serialize>(object: Option<Arc<K>>) -> (Option<i64>, Option<Value>) {
+    match object {
+        Some(object) => {
+            let value = serde_json::to_value(&*object).unwrap_or_default();
+            (object.meta().generation, Some(value.get("status").cloned().unwrap_or(json!({}))))
+        }
+        None => (None, None),
+    }
+}
+
+async fn patch(
+    client: &kube::Client,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    status: Value,
+) -> Result<(), kube::Error> {
+    let body = json!({ "apiVersion": crds::API_VERSION, "kind": kind, "status": status });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match kind {
+        "Tenant" => {
+            Api::<crds::Tenant>::all(client.clone()).patch_status(name, &params, &Patch::Apply(&body)).await?;
+        }
+        "ApiRoute" => {
+            Api::<crds::ApiRoute>::namespaced(client.clone(), namespace)
+                .patch_status(name, &params, &Patch::Apply(&body))
+                .await?;
+        }
+        "Subscription" => {
+            Api::<crds::Subscription>::namespaced(client.clone(), namespace)
+                .patch_status(name, &params, &Patch::Apply(&body))
+                .await?;
+        }
+        _ => {
+            Api::<crds::AiProvider>::namespaced(client.clone(), namespace)
+                .patch_status(name, &params, &Patch::Apply(&body))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+//! The operator against a real kube-apiserver (tests/cluster): statuses
+//! written once with `observedGeneration`, a bad object reported while the
+//! rest stays accepted, and leader election between two replicas (only the
+//! leader writes; the follower takes over when the leader dies).
+//!
+//! The operator runs as its own process (`sluice-operator`), with a
+//! kubeconfig for the cluster, as it would in a pod.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, DynamicObject};
+use serde_json::{Value, json};
+use testcluster::{Cluster, apply};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A `sluice-operator` process, killed on drop.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(cluster: &Cluster, identity: &str) -> Operator {
+        let kubeconfig = cluster.kubeconfig().expect("kubeconfig");
+        let log = kubeconfig.with_file_name(format!("operator-{identity}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice-operator"))
+            .args(["--identity", identity, "--lease-namespace", "default", "--lease-duration", "3"])
+            .args(["--debounce-ms", "50", "--resync-secs", "5"])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("sluice-operator starts");
+        Operator { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn cluster_with(files: &[&str]) -> Cluster {
+    let cluster = Cluster::start().await.expect("a control plane");
+    let mut paths: Vec<PathBuf> =
+        std::fs::read_dir(repo().join("charts/sluice/crds")).expect("crds").map(|e| e.expect("entry").path()).collect();
+    paths.extend(files.iter().map(|f| repo().join(f)));
+    cluster.apply_files(&paths).await.expect("CRDs and examples apply");
+    cluster
+}
+
+/// Waits (up to `within`) until `check` returns Some, polling the API server.
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The object as the API server has it now.
+async fn get(client: &kube::Client, kind: &str, namespace: Option<&str>, name: &str) -> Value {
+    let mut probe = json!({ "apiVersion": crds::API_VERSION, "kind": kind, "metadata": { "name": name } });
+    if let Some(namespace) = namespace {
+        probe["metadata"]["namespace"] = json!(namespace);
+    }
+    let api: Api<DynamicObject> = testcluster::dynamic_api(client, &probe).await.expect("served kind");
+    serde_json::to_value(api.get(name).await.expect("object exists")).expect("JSON")
+}
+
+/// The condition `kind` of an object, once it is for the object's current
+/// generation.
+fn current_condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    let generation = object["metadata"]["generation"].as_i64()?;
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind && c["observedGeneration"].as_i64() == Some(generation))
+}
+
+async fn condition_of(client: &kube::Client, kind: &str, ns: Option<&str>, name: &str, cond: &str) -> Value {
+    let what = format!("{kind} {name}: {cond} for its generation");
+    eventually(&what, Duration::from_secs(20), || async {
+        let object = get(client, kind, ns, name).await;
+        current_condition(&object, cond).cloned()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn statuses_are_written_once_for_the_current_generation() {
+    let cluster = cluster_with(&["examples/quickstart/tenants.yaml", "examples/quickstart/routes.yaml"]).await;
+    let client = cluster.client().await.expect("client");
+    let _operator = Operator::start(&cluster, "op-a");
+
+    let accepted = condition_of(&client, "ApiRoute", Some("shop"), "orders", "Accepted").await;
+    assert_eq!(accepted["status"], "True", "{accepted}");
+    assert_eq!(accepted["reason"], "Accepted");
+    let tenant = condition_of(&client, "Tenant", None, "shop", "Accepted").await;
+    assert_eq!(tenant["status"], "True", "{tenant}");
+    condition_of(&client, "Subscription", Some("partner"), "web-orders", "Accepted").await;
+    let subscription = get(&client, "Subscription", Some("partner"), "web-orders").await;
+    assert_eq!(subscription["status"]["phase"], "Pending", "{subscription:#}");
+    for route in ["hello", "users-mock", "health", "files", "users-v0"] {
+        let accepted = condition_of(&client, "ApiRoute", Some("default"), route, "Accepted").await;
+        assert_eq!(accepted["status"], "True", "{route}: {accepted}");
+    }
+    // Written by the one field manager, through the status subresource.
+    let orders = get(&client, "ApiRoute", Some("shop"), "orders").await;
+    let managers: Vec<&Value> = orders["metadata"]["managedFields"]
+        .as_array()
+        .expect("managed fields")
+        .iter()
+        .filter(|m| m["subresource"] == "status")
+        .collect();
+    assert_eq!(managers.len(), 1, "{managers:#?}");
+    assert_eq!(managers[0]["manager"], sluice_operator::status::FIELD_MANAGER);
+    assert_eq!(managers[0]["operation"], "Apply");
+
+    // Another object changes: the statuses already right are not rewritten.
+    let before = orders["metadata"]["resourceVersion"].clone();
+    let extra = json!({
+        "apiVersion": crds::API_VERSION, "kind": "ApiRoute",
+        "metadata": { "name": "extra", "namespace": "default" },
+        "spec": { "matches": [{ "path": { "type": "PathPrefix", "value": "/extra" } }],
+                  "backend": { "directResponse": { "status": 200, "body": "extra" } } }
+    });
+    apply(&client, &extra).await.expect("a new route");
+    condition_of(&client, "ApiRoute", Some("default"), "extra", "Accepted").await;
+    // A resync passes too (5 s in this test): nothing to write either.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = get(&client, "ApiRoute", Some("shop"), "orders").await;
+    assert_eq!(after["metadata"]["resourceVersion"], before, "an unchanged status is not written again");
+
+    // A spec change is a new generation: the conditions follow it, and the
+    // Accepted condition, still True, keeps its transition time.
+    let mut changed = extra.clone();
+    changed["spec"]["backend"]["directResponse"]["body"] = json!("changed");
+    apply(&client, &changed).await.expect("an update");
+    let first = condition_of(&client, "ApiRoute", Some("default"), "extra", "Accepted").await;
+    let object = get(&client, "ApiRoute", Some("default"), "extra").await;
+    assert_eq!(object["metadata"]["generation"], 2);
+    assert_eq!(first["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn a_bad_route_is_reported_and_the_others_stay_accepted() {
+    let cluster = cluster_with(&["examples/quickstart/tenants.yaml"]).await;
+    let client = cluster.client().await.expect("client");
+    let _operator = Operator::start(&cluster, "op-a");
+    condition_of(&client, "ApiRoute", Some("shop"), "orders", "Accepted").await;
+
+    // A Service that does not exist.
+    let missing = json!({
+        "apiVersion": crds::API_VERSION, "kind": "ApiRoute",
+        "metadata": { "name": "missing", "namespace": "shop" },
+        "spec": { "hosts": ["api.localhost"], "matches": [{ "path": { "type": "PathPrefix", "value": "/missing" } }],
+                  "backend": { "services": [{ "name": "nowhere", "port": 80 }] } }
+    });
+    apply(&client, &missing).await.expect("passes CEL");
+    let refs = condition_of(&client, "ApiRoute", Some("shop"), "missing", "ResolvedRefs").await;
+    assert_eq!(refs["status"], "False", "{refs}");
+    assert_eq!(refs["reason"], "BackendNotFound", "{refs}");
+
+    // A host that belongs to another tenant.
+    let foreign = json!({
+        "apiVersion": crds::API_VERSION, "kind": "ApiRoute",
+        "metadata": { "name": "foreign", "namespace": "partner" },
+        "spec": { "hosts": ["api.localhost"], "backend": { "directResponse": { "status": 200 } } }
+    });
+    apply(&client, &foreign).await.expect("passes CEL");
+    let accepted = condition_of(&client, "ApiRoute", Some("partner"), "foreign", "Accepted").await;
+    assert_eq!(accepted["status"], "False", "{accepted}");
+    assert_eq!(accepted["reason"], "NotAllowedHost", "{accepted}");
+
+    let orders = condition_of(&client, "ApiRoute", Some("shop"), "orders", "Accepted").await;
+    assert_eq!(orders["status"], "True", "the good route is still accepted: {orders}");
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_and_the_follower_takes_over() {
+    let cluster = cluster_with(&["examples/quickstart/tenants.yaml"]).await;
+    let client = cluster.client().await.expect("client");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let holder = || async {
+        let lease = leases.get_opt("sluice-operator").await.ok().flatten()?;
+        lease.spec?.holder_identity
+    };
+
+    let mut a = Operator::start(&cluster, "op-a");
+    let first = eventually("a lease holder", Duration::from_secs(20), holder).await;
+    assert_eq!(first, "op-a");
+    condition_of(&client, "ApiRoute", Some("shop"), "orders", "Accepted").await;
+    let b = Operator::start(&cluster, "op-b");
+    eventually("op-b to sync its caches", Duration::from_secs(20), || async {
+        b.log().contains("caches synced").then_some(())
+    })
+    .await;
+
+    let route = |name: &str| {
+        json!({
+            "apiVersion": crds::API_VERSION, "kind": "ApiRoute",
+            "metadata": { "name": name, "namespace": "shop" },
+            "spec": { "hosts": ["api.localhost"],
+                      "matches": [{ "path": { "type": "PathPrefix", "value": format!("/{name}") } }],
+                      "backend": { "directResponse": { "status": 200 } } }
+        })
+    };
+    apply(&client, &route("while-a-leads")).await.expect("route");
+    condition_of(&client, "ApiRoute", Some("shop"), "while-a-leads", "Accepted").await;
+    assert_eq!(holder().await.as_deref(), Some("op-a"));
+    assert!(a.log().contains("wrote "), "the leader wrote: {}", a.log());
+    assert!(!b.log().contains("wrote "), "the follower wrote nothing: {}", b.log());
+
+    // The leader dies without letting go: the follower takes the lease
+    // once it expires (3 s here) and writes what changed meanwhile.
+    a.kill();
+    apply(&client, &route("after-a-died")).await.expect("route");
+    let started = Instant::now();
+    let accepted = condition_of(&client, "ApiRoute", Some("shop"), "after-a-died", "Accepted").await;
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(holder().await.as_deref(), Some("op-b"), "{}", b.log());
+    assert!(b.log().contains("leading: took lease"), "{}", b.log());
+    assert!(started.elapsed() < Duration::from_secs(15), "failover took {:?}", started.elapsed());
+}
