@@ -41,11 +41,37 @@ pub const INGRESS_CLASS: &str = "sluice";
 /// Every CRD Sluice installs, in a stable order: `(file stem, definition)`.
 pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("aiproviders", AiProvider::crd()),
-        ("apiroutes", ApiRoute::crd()),
-        ("subscriptions", Subscription::crd()),
-        ("tenants", Tenant::crd()),
+        ("aiproviders", kubernetes_formats(AiProvider::crd())),
+        ("apiroutes", kubernetes_formats(ApiRoute::crd())),
+        ("subscriptions", kubernetes_formats(Subscription::crd())),
+        ("tenants", kubernetes_formats(Tenant::crd())),
     ]
+}
+
+/// The integer formats schemars writes for unsigned Rust types (`uint8` to
+/// `uint64`) are not formats the API server knows: it warns on every
+/// install ("unrecognized format"). They become `int32`/`int64`; the
+/// schema's `minimum: 0` still says unsigned.
+fn kubernetes_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(format)) = map.get_mut("format") {
+                    match format.as_str() {
+                        "uint8" | "uint16" | "uint32" | "int8" | "int16" => *format = "int32".into(),
+                        "uint64" | "uint" | "int" => *format = "int64".into(),
+                        _ => {}
+                    }
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else { return crd };
+    walk(&mut value["spec"]["versions"]);
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// Renders one CRD as the YAML that `crdgen` writes (with a header saying

@@ -693,7 +693,7 @@ pub struct Retries {
     /// Conditions that allow a retry.
     #[serde(default = "default_retry_on")]
     #[schemars(length(max = 8))]
-    pub on: Vec<RetryOn>,
+    pub retry_on: Vec<RetryOn>,
     /// Time limit of each attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,

@@ -503,3 +503,60 @@ fn every_cel_rule_has_an_invalid_case() {
     // Pin the count so a rule that silently disappears is noticed too.
     assert_eq!(rules.len(), 24, "number of CEL rules across the four CRDs: {rules:#?}");
 }
+
+/// Property names that YAML 1.1 parsers (kubectl's and Helm's, through
+/// sigs.k8s.io/yaml) read as booleans when unquoted: `on: [...]` arrives as
+/// `"true": [...]`. No field may be named like that (`retries.on` was, and
+/// a Helm-installed CRD had a property "true").
+#[test]
+fn no_field_is_a_yaml_1_1_boolean() {
+    const BOOLEANS: [&str; 11] = ["y", "n", "yes", "no", "on", "off", "true", "false", "Y", "N", "NO"];
+    fn walk(schema: &Value, path: &str, out: &mut Vec<String>) {
+        if let Some(properties) = schema["properties"].as_object() {
+            for (name, child) in properties {
+                if BOOLEANS.iter().any(|b| b.eq_ignore_ascii_case(name)) {
+                    out.push(format!("{path}.{name}"));
+                }
+                walk(child, &format!("{path}.{name}"), out);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if schema[key].is_object() {
+                walk(&schema[key], path, out);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for (_, crd) in crds::all_crds() {
+        walk(&schema_of(&crd), &crd.spec.names.kind, &mut found);
+    }
+    assert!(found.is_empty(), "fields YAML 1.1 reads as booleans: {found:?}");
+}
+
+/// Every `format` in the schemas is one the API server knows (it warns on
+/// others at every install).
+#[test]
+fn every_format_is_a_kubernetes_one() {
+    const KNOWN: [&str; 8] = ["int32", "int64", "float", "double", "byte", "date", "date-time", "password"];
+    fn walk(value: &Value, path: &str, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(format)) = map.get("format")
+                    && !KNOWN.contains(&format.as_str())
+                {
+                    out.push(format!("{path}: {format}"));
+                }
+                for (key, child) in map {
+                    walk(child, &format!("{path}.{key}"), out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, path, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for (_, crd) in crds::all_crds() {
+        walk(&schema_of(&crd), &crd.spec.names.kind, &mut found);
+    }
+    assert!(found.is_empty(), "formats the API server does not know: {found:#?}");
+}

@@ -678,7 +678,7 @@ impl UpstreamSet {
     /// on it, tries are left, and the budget pays for one.
     fn retry_wanted(&self, wanted: impl Fn(&[RetryOn]) -> bool, try_number: u32, max_tries: u32) -> bool {
         let Some(retries) = &self.retries else { return false };
-        try_number < max_tries && wanted(&retries.on) && self.state.budget.withdraw()
+        try_number < max_tries && wanted(&retries.retry_on) && self.state.budget.withdraw()
     }
 
     fn record_success(&self, endpoint: &EndpointState) {
@@ -880,7 +880,7 @@ fn forwarding_fields(
     field(X_REQUEST_ID, ex.request_id_value.clone());
 }
 
-/// Whether a route retrying on `on` retries an upstream answer of `status`.
+/// Whether a route retrying on `retryOn` retries an upstream answer of `status`.
 fn retries_status(on: &[RetryOn], status: u16) -> bool {
     on.iter().any(|c| match c {
         RetryOn::Status5xx => status >= 500,

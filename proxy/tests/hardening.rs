@@ -410,7 +410,7 @@ async fn a_client_too_slow_with_its_body_gets_408_and_ejects_nothing() {
 // 6. Retries are safe
 
 const GATEWAY_RETRY: &str =
-    "  retries: { attempts: 2, on: [ConnectFailure, GatewayError], backoff: 1ms, budgetPercent: 100 }\n";
+    "  retries: { attempts: 2, retryOn: [ConnectFailure, GatewayError], backoff: 1ms, budgetPercent: 100 }\n";
 
 #[tokio::test]
 async fn a_post_that_reached_the_upstream_is_not_retried_unless_the_route_says_so() {
@@ -456,8 +456,7 @@ async fn a_post_that_reached_the_upstream_is_not_retried_unless_the_route_says_s
 async fn a_back_off_past_the_deadline_ends_with_the_last_real_answer() {
     let bad = failing(503, "the upstream's own 503").await;
     let refused = closed_port();
-    let retry =
-        "  timeouts: { request: 1s }\n  retries: { attempts: 3, on: [ConnectFailure, GatewayError], backoff: 10s }\n";
+    let retry = "  timeouts: { request: 1s }\n  retries: { attempts: 3, retryOn: [ConnectFailure, GatewayError], backoff: 10s }\n";
     let yaml = [
         route("bad", "/bad", &[&bad.url()], retry),
         route("refused", "/refused", &[&format!("http://{refused}")], retry),
@@ -479,7 +478,7 @@ async fn retry_budgets_and_round_robin_positions_survive_reloads() {
     let bad = failing(502, "bad").await;
     let a = Upstream::named("a").await;
     let b = Upstream::named("b").await;
-    let budget = "  retries: { attempts: 1, on: [GatewayError], backoff: 1ms, budgetPercent: 1 }\n";
+    let budget = "  retries: { attempts: 1, retryOn: [GatewayError], backoff: 1ms, budgetPercent: 1 }\n";
     let base = [
         route("budget", "/budget", &[&bad.url()], budget),
         service("pair", &[a.addr.port(), b.addr.port()]),

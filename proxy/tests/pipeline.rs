@@ -273,7 +273,7 @@ metadata: { name: retried }
 spec:
   matches: [{ path: { type: PathPrefix, value: / } }]
   backend: { services: [{ name: web, port: 80 }] }
-  retries: { attempts: 2, on: [ConnectFailure, GatewayError], backoff: 1ms, budgetPercent: 100, nonIdempotent: true }
+  retries: { attempts: 2, retryOn: [ConnectFailure, GatewayError], backoff: 1ms, budgetPercent: 100, nonIdempotent: true }
 "#
     );
     let proxy = Proxy::start(&yaml);

@@ -188,15 +188,19 @@ impl Inputs {
                 self.secrets.push(secret);
                 Ok(1)
             }
+            // NB: read and checked, then dropped: a folder that `kubectl
+            // apply` takes as it is creates its namespaces, and translate
+            // needs nothing from them.
+            ("v1", "Namespace") => {
+                typed::<k8s_openapi::api::core::v1::Namespace>(value).map_err(parse_err)?;
+                Ok(0)
+            }
             ("v1", "ConfigMap") => {
                 let mut config_map: ConfigMap = typed(value).map_err(parse_err)?;
                 default_namespace(&mut config_map.metadata);
                 self.config_maps.push(config_map);
                 Ok(1)
             }
-            // Namespaces carry nothing translate needs; accept them so a
-            // folder can hold what `kubectl apply` would.
-            ("v1", "Namespace") => Ok(0),
             (api_version, kind) => Err(LoadError::UnsupportedKind {
                 source_name: source_name.to_owned(),
                 document,
@@ -308,5 +312,18 @@ mod tests {
         let service = "apiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { prots: [] }\n";
         let error = inputs.load_yaml("s.yaml", service).expect_err("refused");
         assert!(error.to_string().contains("spec.prots: unknown field"), "{error}");
+    }
+
+    #[test]
+    fn namespaces_are_checked_and_add_nothing() {
+        let mut inputs = Inputs::default();
+        let text = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: shop }}\n---\n{}",
+            ROUTE.replace("matchs", "matches")
+        );
+        assert_eq!(inputs.load_yaml("n.yaml", &text).expect("loads"), 1, "the route only");
+        let typo = "apiVersion: v1\nkind: Namespace\nmetadata: { name: shop }\nspce: {}\n";
+        let error = inputs.load_yaml("n.yaml", typo).expect_err("refused");
+        assert!(error.to_string().contains("spce: unknown field"), "{error}");
     }
 }

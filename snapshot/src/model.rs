@@ -391,7 +391,7 @@ pub struct RetryPolicy {
     /// Attempts after the first.
     pub attempts: u32,
     /// Retry conditions, sorted.
-    pub on: Vec<RetryOn>,
+    pub retry_on: Vec<RetryOn>,
     /// Per-attempt timeout, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout_ms: Option<u64>,

@@ -500,12 +500,12 @@ fn compile_traffic(spec: &ApiRouteSpec) -> Result<TrafficPolicy, Rejection> {
     };
     let retries = match &spec.retries {
         Some(r) => {
-            let mut on = r.on.clone();
-            on.sort();
-            on.dedup();
+            let mut retry_on = r.retry_on.clone();
+            retry_on.sort();
+            retry_on.dedup();
             Some(RetryPolicy {
                 attempts: r.attempts,
-                on,
+                retry_on,
                 per_try_timeout_ms: r
                     .per_try_timeout
                     .as_ref()
