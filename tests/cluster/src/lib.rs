@@ -79,11 +79,34 @@ pub struct Cluster {
     /// The cluster CA, PEM: what clients trust.
     pub ca_pem: String,
     admin_token: String,
+    /// Tokens of the users given to [`Cluster::start_with_users`].
+    user_tokens: Vec<(String, String)>,
 }
 
 impl Cluster {
     /// Starts a fresh control plane and waits until it serves.
     pub async fn start() -> Result<Cluster> {
+        Cluster::start_with_users(&[]).await
+    }
+
+    /// Starts a control plane that also knows `users`, each `(name,
+    /// groups)` with a bearer token of its own ([`Cluster::token`]). They
+    /// have no RBAC permission until a test grants one.
+    pub async fn start_with_users(users: &[(&str, &[&str])]) -> Result<Cluster> {
+        // NB: a port the OS handed out and we released can be taken again
+        // (by an outgoing connection's source port) before the server binds
+        // it; envtest retries too.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Cluster::start_once(users).await {
+                Err(Error::Exited(_, log)) if attempt < 5 && log.contains("address already in use") => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(users: &[(&str, &[&str])]) -> Result<Cluster> {
         let bins = binaries()?;
         let dir = temp_dir()?;
         let pki = Pki::new()?;
@@ -93,7 +116,14 @@ impl Cluster {
         write(&dir.join("sa.key"), &pki.sa_key_pem)?;
         write(&dir.join("sa.pub"), &pki.sa_pub_pem)?;
         let admin_token = random_token()?;
-        write(&dir.join("tokens.csv"), &format!("{admin_token},sluice-admin,sluice-admin-uid,\"system:masters\"\n"))?;
+        let mut tokens = format!("{admin_token},sluice-admin,sluice-admin-uid,\"system:masters\"\n");
+        let mut user_tokens = Vec::new();
+        for (name, groups) in users {
+            let token = random_token()?;
+            tokens.push_str(&format!("{token},{name},{name}-uid,\"{}\"\n", groups.join(",")));
+            user_tokens.push(((*name).to_owned(), token));
+        }
+        write(&dir.join("tokens.csv"), &tokens)?;
 
         let (client_port, peer_port) = (free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{client_port}");
@@ -140,8 +170,15 @@ impl Cluster {
             ]),
             &dir.join("apiserver.log"),
         )?;
-        let mut cluster =
-            Cluster { dir, etcd, apiserver, url: format!("https://127.0.0.1:{port}"), ca_pem: pki.ca_pem, admin_token };
+        let mut cluster = Cluster {
+            dir,
+            etcd,
+            apiserver,
+            url: format!("https://127.0.0.1:{port}"),
+            ca_pem: pki.ca_pem,
+            admin_token,
+            user_tokens,
+        };
         cluster.wait_ready().await?;
         Ok(cluster)
     }
@@ -177,6 +214,33 @@ impl Cluster {
         let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// The bearer token of a user given to [`Cluster::start_with_users`].
+    pub fn token(&self, user: &str) -> Option<&str> {
+        self.user_tokens.iter().find(|(name, _)| name == user).map(|(_, token)| token.as_str())
+    }
+
+    /// A token for a ServiceAccount (the TokenRequest API, as a kubelet
+    /// asks for a pod's projected token), valid for an hour.
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let api: Api<ServiceAccount> = Api::namespaced(self.client().await?, namespace);
+        let request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": { "expirationSeconds": 3600 }
+        });
+        let answer: TokenRequest = api.create_subresource("token", name, &Default::default(), &request).await?;
+        Ok(answer.status.map(|s| s.token).unwrap_or_default())
+    }
+
+    /// Writes a kubeconfig for `token` next to the cluster's files (for a
+    /// process acting as someone else) and returns its path.
+    pub fn kubeconfig_for(&self, label: &str, token: &str) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{label}.kubeconfig"));
+        write(&path, &self.kubeconfig_yaml(token))?;
+        Ok(path)
     }
 
     /// A kubeconfig for `token` (YAML).
@@ -307,7 +371,22 @@ pub async fn apply(client: &kube::Client, value: &Value) -> Result<DynamicObject
     let object: DynamicObject = serde_json::from_value(value.clone()).map_err(kube::Error::SerdeError)?;
     let api = dynamic_api(client, value).await?;
     let name = object.metadata.name.clone().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(value)).await
+    // NB: a CRD is Established before server-side apply knows its schema
+    // (the API server updates its type models asynchronously), so a first
+    // apply can be refused as "field not declared in schema": wait a little.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(value)).await {
+            Err(kube::Error::Api(status))
+                if status.code == 500
+                    && status.message.contains("failed to create typed patch object")
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The API for the kind of `value` (apiVersion and kind), in its namespace
@@ -323,6 +402,26 @@ pub async fn dynamic_api(client: &kube::Client, value: &Value) -> Result<Api<Dyn
         (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &resource),
         (Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
     })
+}
+
+/// The `helm` binary `scripts/test` unpacks into the cache (else `helm` on
+/// the PATH).
+pub fn helm() -> PathBuf {
+    tool("helm")
+}
+
+/// The `kubectl` binary that comes with it (a YAML 1.1 reader, as users'
+/// is: the examples must survive it).
+pub fn kubectl() -> PathBuf {
+    tool("kubectl")
+}
+
+fn tool(name: &str) -> PathBuf {
+    let cached = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|cache| cache.join("sluice/tools/helm").join(name));
+    cached.filter(|c| c.is_file()).unwrap_or_else(|| PathBuf::from(name))
 }
 
 fn http_get(path: &str) -> http::Request<Vec<u8>> {
