@@ -115,4 +115,8 @@ pub struct SubscriptionStatus {
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Conditions,
+    /// Once approved: the Secret (in this namespace) holding the app's API
+    /// key, issued by the operator unless the app had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret_name: Option<String>,
 }

@@ -9,14 +9,17 @@
 //!        │                        v  debounce
 //!        │              Inputs ─> translate ─> Translation ─> published (watch channel)
 //!        │                                          │
-//!        └──── status::write_all (SSA, one field ───┘  only while lease::elect says
-//!              manager, only what changed)              this replica leads
+//!        └──── keys::apply (issue / withdraw API  ───┘  only while lease::elect says
+//!              key Secrets of approved apps), then       this replica leads
+//!              status::write_all (SSA, one field
+//!              manager, only what changed)
 //! ```
 //!
 //! Every replica watches and compiles (a follower is ready to lead at
 //! once); only the lease holder writes. The compiled translation is
 //! published on a watch channel for what serves it to proxies.
 
+pub mod keys;
 pub mod lease;
 pub mod status;
 pub mod watch;
@@ -97,7 +100,18 @@ async fn reconcile(
         }
         published.send_replace(Some(translation.clone()));
         if *leading.borrow_and_update() {
-            let written = status::write_all(&client, &stores, &translation).await;
+            // Keys first: a subscription's status names its key Secret.
+            let approved = |s: &crds::Subscription| {
+                let object = snapshot::status::ObjectRef::new(
+                    "Subscription",
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                );
+                translation.status(&object).is_some_and(|v| v.phase == Some(crds::ApprovalState::Approved))
+            };
+            let (actions, serving) = keys::plan(&stores.subscriptions(), approved, &stores.key_secrets());
+            keys::apply(&client, &actions).await;
+            let written = status::write_all(&client, &stores, &translation, &serving).await;
             if written > 0 {
                 say!("wrote {written} status(es) for snapshot {}", translation.snapshot.version);
             }

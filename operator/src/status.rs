@@ -31,6 +31,7 @@ pub fn desired(
     verdict: &ObjectStatus,
     generation: Option<i64>,
     current: &Value,
+    extra: Option<(&str, Value)>,
     now: jiff::Timestamp,
 ) -> Option<Value> {
     let existing: Vec<Condition> = serde_json::from_value(current["conditions"].clone()).unwrap_or_default();
@@ -68,37 +69,60 @@ pub fn desired(
         "ApiRoute" => status["apps"] = json!(verdict.apps),
         _ => {}
     }
+    if let Some((field, value)) = extra {
+        status[field] = value;
+    }
     if let Value::Object(fields) = &mut status {
         fields.retain(|_, v| !v.is_null());
     }
     (!same(&status, current)).then_some(status)
 }
 
+/// The status fields besides `conditions` the operator writes.
+const OWNED: [&str; 4] = ["phase", "baseUrl", "apps", "keySecretName"];
+
 /// Whether `current` already says what `desired` says (fields the operator
 /// does not own are ignored).
 fn same(desired: &Value, current: &Value) -> bool {
     let Value::Object(fields) = desired else { return false };
     fields.iter().all(|(key, value)| current.get(key) == Some(value))
-        && ["phase", "baseUrl", "apps"].iter().all(|k| fields.contains_key(*k) || current.get(*k).is_none())
+        && OWNED.iter().all(|k| fields.contains_key(*k) || current.get(*k).is_none())
 }
 
 /// Writes every status that differs from what the objects hold. Returns how
 /// many were written; failures are logged and retried on the next pass.
-pub async fn write_all(client: &kube::Client, stores: &Stores, translation: &Translation) -> usize {
+/// `keys` names, by `(namespace, app)`, the key Secret serving approved
+/// subscriptions (see [`crate::keys::plan`]).
+pub async fn write_all(
+    client: &kube::Client,
+    stores: &Stores,
+    translation: &Translation,
+    keys: &std::collections::BTreeMap<(String, String), String>,
+) -> usize {
     let now = jiff::Timestamp::now();
     let mut written = 0;
     for verdict in &translation.statuses {
         let ObjectRef { kind, namespace, name } = &verdict.object;
+        let mut extra = None;
         let (generation, current) = match kind.as_str() {
             "ApiRoute" => current(stores.route(namespace, name)),
             "Tenant" => current(stores.tenant(name)),
-            "Subscription" => current(stores.subscription(namespace, name)),
+            "Subscription" => {
+                let subscription = stores.subscription(namespace, name);
+                if verdict.phase == Some(crds::ApprovalState::Approved)
+                    && let Some(sub) = &subscription
+                {
+                    let secret = keys.get(&(namespace.clone(), sub.spec.app.clone()));
+                    extra = secret.map(|s| ("keySecretName", json!(s)));
+                }
+                current(subscription)
+            }
             "AiProvider" => current(stores.provider(namespace, name)),
             // Secrets, Services and Ingresses have no status of Sluice's.
             _ => continue,
         };
         let Some(current) = current else { continue };
-        let Some(status) = desired(verdict, generation, &current, now) else { continue };
+        let Some(status) = desired(verdict, generation, &current, extra, now) else { continue };
         match patch(client, kind, namespace, name, status).await {
             Ok(()) => written += 1,
             Err(error) => crate::say!("status of {}: {error} (retrying on the next pass)", verdict.object),

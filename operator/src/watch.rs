@@ -129,6 +129,16 @@ impl Stores {
         }
     }
 
+    /// Every cached Subscription.
+    pub fn subscriptions(&self) -> Vec<Arc<Subscription>> {
+        self.subscriptions.state()
+    }
+
+    /// Every cached API key Secret.
+    pub fn key_secrets(&self) -> Vec<Arc<Secret>> {
+        self.key_secrets.state()
+    }
+
     /// The cached ApiRoute `namespace/name`.
     pub fn route(&self, namespace: &str, name: &str) -> Option<Arc<ApiRoute>> {
         self.routes.get(&reflector::ObjectRef::new(name).within(namespace))

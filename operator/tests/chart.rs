@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -15,7 +15,7 @@ use k8s_openapi::api::networking::v1::IngressClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use testcluster::{Cluster, apply};
+use testcluster::{Cluster, apply, eventually};
 
 const NAMESPACE: &str = "sluice-system";
 
@@ -23,44 +23,34 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `helm install sluice charts/sluice` into the cluster, with `extra` flags.
-fn helm_install(cluster: &Cluster, extra: &[&str]) {
+/// Runs a command against the cluster (its admin kubeconfig); panics with
+/// its output unless it succeeds. Returns its stderr.
+fn run_ok(cluster: &Cluster, program: PathBuf, args: &[&str], what: &str) -> String {
     let kubeconfig = cluster.kubeconfig().expect("kubeconfig");
-    let output = Command::new(testcluster::helm())
-        .args(["install", "sluice"])
-        .arg(repo().join("charts/sluice"))
-        .args(["--namespace", NAMESPACE, "--create-namespace"])
-        .args(extra)
+    let output = Command::new(&program)
+        .args(args)
         .env("KUBECONFIG", &kubeconfig)
         .env("HELM_CACHE_HOME", kubeconfig.with_file_name("helm-cache"))
         .env("HELM_CONFIG_HOME", kubeconfig.with_file_name("helm-config"))
         .env("HELM_DATA_HOME", kubeconfig.with_file_name("helm-data"))
         .stdin(Stdio::null())
         .output()
-        .expect("helm runs (scripts/test unpacks it into ~/.cache/sluice/tools/helm)");
-    assert!(
-        output.status.success(),
-        "helm install failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("unrecognized format"), "the CRDs have formats the API server does not know:\n{stderr}");
+        .unwrap_or_else(|e| {
+            panic!("{} runs (scripts/test unpacks it into ~/.cache/sluice/tools/helm): {e}", program.display())
+        });
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+    stderr.into_owned()
 }
 
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// `helm install sluice charts/sluice` into the cluster, with `extra` flags.
+fn helm_install(cluster: &Cluster, extra: &[&str]) {
+    let chart = repo().join("charts/sluice");
+    let mut args =
+        vec!["install", "sluice", chart.to_str().expect("path"), "--namespace", NAMESPACE, "--create-namespace"];
+    args.extend(extra);
+    let stderr = run_ok(cluster, testcluster::helm(), &args, "helm install");
+    assert!(!stderr.contains("unrecognized format"), "the CRDs have formats the API server does not know:\n{stderr}");
 }
 
 #[tokio::test]
@@ -97,19 +87,12 @@ async fn the_chart_installs_and_the_operator_runs_as_its_service_account() {
 
     // Every example, the way a user applies it (kubectl reads YAML 1.1:
     // a field named `on` would arrive as "true").
-    let kubeconfig = cluster.kubeconfig().expect("kubeconfig");
-    let output = Command::new(testcluster::kubectl())
-        .args(["apply", "-R", "-f"])
-        .arg(repo().join("examples"))
-        .env("KUBECONFIG", &kubeconfig)
-        .stdin(Stdio::null())
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        output.status.success(),
-        "kubectl apply -R -f examples/ failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let examples = repo().join("examples");
+    run_ok(
+        &cluster,
+        testcluster::kubectl(),
+        &["apply", "-R", "-f", examples.to_str().expect("path")],
+        "kubectl apply -R -f examples/",
     );
 
     // The operator as the chart's ServiceAccount, with the chart's args.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DynamicObject};
 use serde_json::{Value, json};
-use testcluster::{Cluster, apply};
+use testcluster::{Cluster, apply, eventually};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -65,22 +65,6 @@ async fn cluster_with(files: &[&str]) -> Cluster {
     paths.extend(files.iter().map(|f| repo().join(f)));
     cluster.apply_files(&paths).await.expect("CRDs and examples apply");
     cluster
-}
-
-/// Waits (up to `within`) until `check` returns Some, polling the API server.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The object as the API server has it now.
@@ -247,4 +231,97 @@ async fn only_the_leader_writes_and_the_follower_takes_over() {
     assert_eq!(holder().await.as_deref(), Some("op-b"), "{}", b.log());
     assert!(b.log().contains("leading: took lease"), "{}", b.log());
     assert!(started.elapsed() < Duration::from_secs(15), "failover took {:?}", started.elapsed());
+}
+
+/// The patch an approver sends.
+async fn set_state(client: &kube::Client, state: &str) {
+    let api: Api<crds::Subscription> = Api::namespaced(client.clone(), "partner");
+    let patch = json!({ "spec": { "approval": { "state": state, "decidedBy": "alice" } } });
+    api.patch("web-orders", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.expect("patch");
+}
+
+#[tokio::test]
+async fn an_approved_app_gets_a_key_whose_hash_is_compiled_and_revoking_withdraws_it() {
+    use k8s_openapi::api::core::v1::Secret;
+    let cluster = cluster_with(&["examples/quickstart/tenants.yaml"]).await;
+    let client = cluster.client().await.expect("client");
+    // In process, to read what it compiles.
+    let config = sluice_operator::Config {
+        lease: sluice_operator::lease::LeaseConfig {
+            namespace: "default".into(),
+            name: "sluice-operator".into(),
+            identity: "in-process".into(),
+            duration: Duration::from_secs(3),
+        },
+        debounce: Duration::from_millis(50),
+        resync: Duration::from_secs(5),
+    };
+    let handle = sluice_operator::start(client.clone(), config);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "partner");
+    let subscriptions: Api<crds::Subscription> = Api::namespaced(client.clone(), "partner");
+    condition_of(&client, "Subscription", Some("partner"), "web-orders", "Accepted").await;
+    assert!(secrets.get_opt("sluice-key-web").await.expect("get").is_none(), "no key while Pending");
+
+    set_state(&client, "Approved").await;
+    // The app has a key of its own (the quickstart's web-key): it serves.
+    let named = eventually("keySecretName of the app's own key", Duration::from_secs(20), || async {
+        subscriptions.get("web-orders").await.ok()?.status?.key_secret_name
+    })
+    .await;
+    assert_eq!(named, "web-key");
+    assert!(secrets.get_opt("sluice-key-web").await.expect("get").is_none(), "nothing issued over the user's key");
+    // Without it, the operator issues one.
+    secrets.delete("web-key", &Default::default()).await.expect("delete");
+    let secret = eventually("a key Secret for app web", Duration::from_secs(20), || async {
+        secrets.get_opt("sluice-key-web").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(secret.type_.as_deref(), Some("sluice.dev/api-key"));
+    let labels = secret.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("sluice.dev/app").map(String::as_str), Some("web"));
+    let owners = secret.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owners.len(), 1);
+    assert_eq!((owners[0].kind.as_str(), owners[0].name.as_str()), ("Subscription", "web-orders"));
+    let key = String::from_utf8(secret.data.unwrap_or_default()["api-key"].0.clone()).expect("text");
+    assert!(key.starts_with("sk-") && key.len() == 46, "256 random bits: {key}");
+    eventually("keySecretName of the issued key", Duration::from_secs(20), || async {
+        let status = subscriptions.get("web-orders").await.ok()?.status?;
+        (status.key_secret_name.as_deref() == Some("sluice-key-web")).then_some(())
+    })
+    .await;
+    let hash = snapshot::api_keys::hash_api_key(&key);
+    let compiled = |hash: String, present: bool| {
+        let mut rx = handle.translation.clone();
+        async move {
+            eventually("the key's hash in the compiled snapshot", Duration::from_secs(20), || {
+                let t = rx.borrow_and_update().clone();
+                let hash = hash.clone();
+                async move {
+                    let t = t?;
+                    (t.snapshot.api_key(&hash).is_some() == present).then_some(())
+                }
+            })
+            .await
+        }
+    };
+    compiled(hash.clone(), true).await;
+
+    // Deleting the Secret rotates the key.
+    secrets.delete("sluice-key-web", &Default::default()).await.expect("delete");
+    let rotated = eventually("a new key", Duration::from_secs(20), || async {
+        let secret = secrets.get_opt("sluice-key-web").await.ok().flatten()?;
+        let key = String::from_utf8(secret.data?.get("api-key")?.0.clone()).ok()?;
+        Some(key)
+    })
+    .await;
+    assert_ne!(rotated, key, "a new key, not the old one again");
+    compiled(hash, false).await;
+
+    // Revoked: the key is withdrawn and its hash leaves the snapshot.
+    set_state(&client, "Revoked").await;
+    eventually("the key Secret withdrawn", Duration::from_secs(20), || async {
+        secrets.get_opt("sluice-key-web").await.ok().flatten().is_none().then_some(())
+    })
+    .await;
+    compiled(snapshot::api_keys::hash_api_key(&rotated), false).await;
 }

@@ -19,7 +19,7 @@ fn at(second: i64) -> jiff::Timestamp {
 
 #[test]
 fn a_first_verdict_is_written_with_the_generation_and_the_time() {
-    let status = desired(&verdict(true), Some(3), &json!({}), at(1_800_000_000)).expect("a write");
+    let status = desired(&verdict(true), Some(3), &json!({}), None, at(1_800_000_000)).expect("a write");
     assert_eq!(status["apps"], 2);
     let accepted = &status["conditions"][0];
     assert_eq!(accepted["type"], "Accepted");
@@ -30,14 +30,14 @@ fn a_first_verdict_is_written_with_the_generation_and_the_time() {
 
 #[test]
 fn the_same_verdict_again_writes_nothing_and_a_flip_moves_the_time() {
-    let first = desired(&verdict(true), Some(3), &json!({}), at(1_800_000_000)).expect("a write");
-    assert_eq!(desired(&verdict(true), Some(3), &first, at(1_800_000_999)), None, "unchanged: no write");
+    let first = desired(&verdict(true), Some(3), &json!({}), None, at(1_800_000_000)).expect("a write");
+    assert_eq!(desired(&verdict(true), Some(3), &first, None, at(1_800_000_999)), None, "unchanged: no write");
     // A new generation with the same verdict: written, the time kept.
-    let next = desired(&verdict(true), Some(4), &first, at(1_800_000_999)).expect("a write");
+    let next = desired(&verdict(true), Some(4), &first, None, at(1_800_000_999)).expect("a write");
     assert_eq!(next["conditions"][0]["lastTransitionTime"], "2027-01-15T08:00:00Z");
     assert_eq!(next["conditions"][0]["observedGeneration"], 4);
     // The verdict flips: the time moves.
-    let flipped = desired(&verdict(false), Some(4), &next, at(1_800_000_999)).expect("a write");
+    let flipped = desired(&verdict(false), Some(4), &next, None, at(1_800_000_999)).expect("a write");
     assert_eq!(flipped["conditions"][0]["status"], "False");
     assert_eq!(flipped["conditions"][0]["lastTransitionTime"], "2027-01-15T08:16:39Z");
 }
@@ -50,7 +50,7 @@ fn a_missing_secret_says_which_secrets_the_operator_reads() {
         reason::SECRET_NOT_FOUND,
         "Secret team-a/jwks not found.",
     ));
-    let written = desired(&status, Some(1), &json!({}), at(0)).expect("a write");
+    let written = desired(&status, Some(1), &json!({}), None, at(0)).expect("a write");
     let message = written["conditions"][0]["message"].as_str().expect("message");
     assert!(message.starts_with("Secret team-a/jwks not found. (the operator reads only"), "{message}");
     assert!(message.contains("sluice.dev/config"), "{message}");

@@ -404,6 +404,24 @@ pub async fn dynamic_api(client: &kube::Client, value: &Value) -> Result<Api<Dyn
     })
 }
 
+/// Waits (polling every 50 ms, up to `within`) until `check` returns
+/// Some; panics naming `what` when it does not. For tests: a condition
+/// awaited, never a sleep.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The `helm` binary `scripts/test` unpacks into the cache (else `helm` on
 /// the PATH).
 pub fn helm() -> PathBuf {
