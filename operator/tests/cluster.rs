@@ -89,7 +89,7 @@ fn current_condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
 
 async fn condition_of(client: &kube::Client, kind: &str, ns: Option<&str>, name: &str, cond: &str) -> Value {
     let what = format!("{kind} {name}: {cond} for its generation");
-    eventually(&what, Duration::from_secs(20), || async {
+    eventually(&what, Duration::from_secs(60), || async {
         let object = get(client, kind, ns, name).await;
         current_condition(&object, cond).cloned()
     })
@@ -324,4 +324,25 @@ async fn an_approved_app_gets_a_key_whose_hash_is_compiled_and_revoking_withdraw
     })
     .await;
     compiled(snapshot::api_keys::hash_api_key(&rotated), false).await;
+}
+
+#[tokio::test]
+async fn the_operator_survives_a_restart_of_the_api_server() {
+    let mut cluster = cluster_with(&["examples/quickstart/tenants.yaml"]).await;
+    let operator = Operator::start(&cluster, "op-a");
+    let client = cluster.client().await.expect("client");
+    condition_of(&client, "ApiRoute", Some("shop"), "orders", "Accepted").await;
+
+    // The API server crashes and comes back: every watch breaks.
+    cluster.restart_apiserver().await.expect("the API server is back");
+    let client = cluster.client().await.expect("client");
+    let route = json!({
+        "apiVersion": crds::API_VERSION, "kind": "ApiRoute",
+        "metadata": { "name": "after-restart", "namespace": "shop" },
+        "spec": { "hosts": ["api.localhost"], "matches": [{ "path": { "type": "PathPrefix", "value": "/after" } }],
+                  "backend": { "directResponse": { "status": 200 } } }
+    });
+    apply(&client, &route).await.expect("route");
+    let accepted = condition_of(&client, "ApiRoute", Some("shop"), "after-restart", "Accepted").await;
+    assert_eq!(accepted["status"], "True", "{}", operator.log());
 }

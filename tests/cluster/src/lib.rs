@@ -81,6 +81,8 @@ pub struct Cluster {
     admin_token: String,
     /// Tokens of the users given to [`Cluster::start_with_users`].
     user_tokens: Vec<(String, String)>,
+    /// How kube-apiserver was started, to start it again.
+    apiserver_command: Command,
 }
 
 impl Cluster {
@@ -145,8 +147,9 @@ impl Cluster {
 
         let port = free_port()?;
         let d = |name: &str| dir.join(name).display().to_string();
-        let apiserver = spawn(
-            Command::new(bins.join("kube-apiserver")).args([
+        let apiserver_command = {
+            let mut command = Command::new(bins.join("kube-apiserver"));
+            command.args([
                 &format!("--etcd-servers={etcd_url}"),
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
@@ -167,13 +170,15 @@ impl Cluster {
                 // so the plugin that requires them would refuse every pod.
                 "--disable-admission-plugins=ServiceAccount",
                 "--v=0",
-            ]),
-            &dir.join("apiserver.log"),
-        )?;
+            ]);
+            command
+        };
+        let apiserver = spawn_again(&apiserver_command, &dir.join("apiserver.log"))?;
         let mut cluster = Cluster {
             dir,
             etcd,
             apiserver,
+            apiserver_command,
             url: format!("https://127.0.0.1:{port}"),
             ca_pem: pki.ca_pem,
             admin_token,
@@ -207,6 +212,16 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Stops kube-apiserver (SIGKILL, as a crash) and starts it again on the
+    /// same port and etcd, waiting until it serves: what a control-plane
+    /// upgrade or crash looks like to clients.
+    pub async fn restart_apiserver(&mut self) -> Result<()> {
+        let _ = self.apiserver.kill();
+        let _ = self.apiserver.wait();
+        self.apiserver = spawn_again(&self.apiserver_command, &self.dir.join("apiserver.log"))?;
+        self.wait_ready().await
     }
 
     /// The end of a server's log, for error messages.
@@ -469,6 +484,13 @@ fn binaries() -> Result<PathBuf> {
         return Err(Error::Binaries(format!("{} has no kube-apiserver and etcd", dir.display())));
     }
     Ok(dir)
+}
+
+/// Spawns a copy of `command` (so it can be spawned again later).
+fn spawn_again(command: &Command, log: &Path) -> Result<Child> {
+    let mut copy = Command::new(command.get_program());
+    copy.args(command.get_args());
+    spawn(&mut copy, log)
 }
 
 fn spawn(command: &mut Command, log: &Path) -> Result<Child> {
