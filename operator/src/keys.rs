@@ -130,10 +130,10 @@ fn new_key() -> Result<String, ring::error::Unspecified> {
     Ok(format!("sk-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
 }
 
-/// Carries out a plan. Returns how many changes were made; failures are
-/// logged and retried on the next pass.
-pub async fn apply(client: &kube::Client, actions: &[Action]) -> usize {
-    let mut done = 0;
+/// Carries out a plan, counting in `metrics`; failures are logged and
+/// retried on the next pass.
+pub async fn apply(client: &kube::Client, actions: &[Action], metrics: &crate::admin::Metrics) {
+    use std::sync::atomic::Ordering::Relaxed;
     for action in actions {
         let result = match action {
             Action::Issue { namespace, app, owners } => issue(client, namespace, app, owners).await,
@@ -155,20 +155,23 @@ pub async fn apply(client: &kube::Client, actions: &[Action]) -> usize {
                 }),
         };
         match result {
-            Ok(()) => {
-                done += 1;
-                match action {
-                    Action::Issue { namespace, app, .. } => crate::say!("issued an API key for app {namespace}/{app}"),
-                    Action::Withdraw { namespace, name } => {
-                        crate::say!("withdrew API key Secret {namespace}/{name}: no approved subscription left")
-                    }
-                    Action::Own { .. } => {}
+            Ok(()) => match action {
+                Action::Issue { namespace, app, .. } => {
+                    metrics.keys_issued.fetch_add(1, Relaxed);
+                    crate::say!("issued an API key for app {namespace}/{app}");
                 }
+                Action::Withdraw { namespace, name } => {
+                    metrics.keys_withdrawn.fetch_add(1, Relaxed);
+                    crate::say!("withdrew API key Secret {namespace}/{name}: no approved subscription left");
+                }
+                Action::Own { .. } => {}
+            },
+            Err(error) => {
+                metrics.key_errors.fetch_add(1, Relaxed);
+                crate::say!("API keys: {action:?}: {error} (retrying on the next pass)");
             }
-            Err(error) => crate::say!("API keys: {action:?}: {error} (retrying on the next pass)"),
         }
     }
-    done
 }
 
 async fn issue(client: &kube::Client, namespace: &str, app: &str, owners: &[OwnerReference]) -> Result<(), String> {

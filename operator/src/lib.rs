@@ -19,6 +19,7 @@
 //! once); only the lease holder writes. The compiled translation is
 //! published on a watch channel for what serves it to proxies.
 
+pub mod admin;
 pub mod keys;
 pub mod lease;
 pub mod status;
@@ -61,6 +62,8 @@ pub struct Handle {
     pub translation: channel::Receiver<Option<Arc<Translation>>>,
     /// Whether this replica leads (writes status).
     pub leading: channel::Receiver<bool>,
+    /// What it counts (served on the admin listener).
+    pub metrics: Arc<admin::Metrics>,
 }
 
 /// Starts the operator on the current runtime; it runs until the runtime
@@ -70,8 +73,9 @@ pub fn start(client: kube::Client, config: Config) -> Handle {
     let stores = watch::Stores::start(&client, &changed);
     let leading = lease::elect(client.clone(), config.lease.clone());
     let (tx, rx) = channel::channel(None);
-    tokio::spawn(reconcile(client, stores, changed, leading.clone(), tx, config));
-    Handle { translation: rx, leading }
+    let metrics = Arc::new(admin::Metrics::default());
+    tokio::spawn(reconcile(client, stores, changed, leading.clone(), tx, config, metrics.clone()));
+    Handle { translation: rx, leading, metrics }
 }
 
 /// The loop: on a change (or a resync, or on becoming leader), compile and,
@@ -83,7 +87,9 @@ async fn reconcile(
     mut leading: channel::Receiver<bool>,
     published: channel::Sender<Option<Arc<Translation>>>,
     config: Config,
+    metrics: Arc<admin::Metrics>,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
     stores.ready().await;
     say!("caches synced");
     let mut last: Option<Arc<Translation>> = None;
@@ -99,7 +105,13 @@ async fn reconcile(
             );
         }
         published.send_replace(Some(translation.clone()));
-        if *leading.borrow_and_update() {
+        metrics.compiles.fetch_add(1, Relaxed);
+        metrics.routes.store(translation.snapshot.routes.len() as u64, Relaxed);
+        metrics.rejected.store(translation.problems().count() as u64, Relaxed);
+        metrics.ready.store(true, Relaxed);
+        let lead = *leading.borrow_and_update();
+        metrics.leading.store(lead, Relaxed);
+        if lead {
             // Keys first: a subscription's status names its key Secret.
             let approved = |s: &crds::Subscription| {
                 let object = snapshot::status::ObjectRef::new(
@@ -110,8 +122,8 @@ async fn reconcile(
                 translation.status(&object).is_some_and(|v| v.phase == Some(crds::ApprovalState::Approved))
             };
             let (actions, serving) = keys::plan(&stores.subscriptions(), approved, &stores.key_secrets());
-            keys::apply(&client, &actions).await;
-            let written = status::write_all(&client, &stores, &translation, &serving).await;
+            keys::apply(&client, &actions, &metrics).await;
+            let written = status::write_all(&client, &stores, &translation, &serving, &metrics).await;
             if written > 0 {
                 say!("wrote {written} status(es) for snapshot {}", translation.snapshot.version);
             }

@@ -18,13 +18,15 @@ Usage: sluice-operator [flags]
   --lease-duration SECS  how long a lease holds unrenewed (default: 15)
   --debounce-ms MS       wait after a change for more before compiling (default: 100)
   --resync-secs SECS     compile and reconcile at least this often (default: 30)
+  --admin ADDR           /healthz, /readyz and /metrics (default: 127.0.0.1:9902;
+                         0.0.0.0:9902 in a pod, for the kubelet and Prometheus)
   -h, --help             this text
 
 The API server and credentials come from $KUBECONFIG (or ~/.kube/config), or
 from the pod's ServiceAccount when run in a cluster.";
 
 fn main() -> anyhow::Result<()> {
-    let config = parse(std::env::args().skip(1))?;
+    let (config, admin) = parse(std::env::args().skip(1))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -35,7 +37,10 @@ fn main() -> anyhow::Result<()> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = kube::Client::try_default().await.context("connecting to the API server")?;
         say!("starting as {} (lease {}/{})", config.lease.identity, config.lease.namespace, config.lease.name);
-        let _handle = sluice_operator::start(client, config);
+        let listener = tokio::net::TcpListener::bind(&admin).await.with_context(|| format!("--admin {admin}"))?;
+        say!("admin on {}", listener.local_addr().context("the admin address")?);
+        let handle = sluice_operator::start(client, config);
+        tokio::spawn(sluice_operator::admin::serve(listener, handle.metrics.clone()));
         shutdown().await;
         say!("stopping");
         anyhow::Ok(())
@@ -53,7 +58,7 @@ async fn shutdown() {
     }
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Config> {
+fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<(Config, String)> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut lease = LeaseConfig {
         namespace: env("POD_NAMESPACE").unwrap_or_else(|| "sluice-system".into()),
@@ -65,6 +70,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Config> {
     };
     let mut debounce = Duration::from_millis(100);
     let mut resync = Duration::from_secs(30);
+    let mut admin = "127.0.0.1:9902".to_owned();
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
         let number =
@@ -76,6 +82,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Config> {
             "--lease-duration" => lease.duration = Duration::from_secs(number(value()?)?.max(1)),
             "--debounce-ms" => debounce = Duration::from_millis(number(value()?)?),
             "--resync-secs" => resync = Duration::from_secs(number(value()?)?.max(1)),
+            "--admin" => admin = value()?,
             "-h" | "--help" => {
                 println!("{HELP}");
                 std::process::exit(0);
@@ -83,5 +90,5 @@ fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Config> {
             other => anyhow::bail!("unknown flag {other:?} (see --help)"),
         }
     }
-    Ok(Config { lease, debounce, resync })
+    Ok((Config { lease, debounce, resync }, admin))
 }

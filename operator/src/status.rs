@@ -98,7 +98,9 @@ pub async fn write_all(
     stores: &Stores,
     translation: &Translation,
     keys: &std::collections::BTreeMap<(String, String), String>,
+    metrics: &crate::admin::Metrics,
 ) -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
     let now = jiff::Timestamp::now();
     let mut written = 0;
     for verdict in &translation.statuses {
@@ -124,8 +126,14 @@ pub async fn write_all(
         let Some(current) = current else { continue };
         let Some(status) = desired(verdict, generation, &current, extra, now) else { continue };
         match patch(client, kind, namespace, name, status).await {
-            Ok(()) => written += 1,
-            Err(error) => crate::say!("status of {}: {error} (retrying on the next pass)", verdict.object),
+            Ok(()) => {
+                written += 1;
+                metrics.status_writes.fetch_add(1, Relaxed);
+            }
+            Err(error) => {
+                metrics.status_write_errors.fetch_add(1, Relaxed);
+                crate::say!("status of {}: {error} (retrying on the next pass)", verdict.object);
+            }
         }
     }
     written

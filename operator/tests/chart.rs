@@ -78,6 +78,11 @@ async fn the_chart_installs_and_the_operator_runs_as_its_service_account() {
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
     assert!(container.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some(), "resource requests");
+    let probe =
+        |p: &Option<k8s_openapi::api::core::v1::Probe>| p.as_ref().and_then(|p| p.http_get.as_ref()?.path.clone());
+    assert_eq!(probe(&container.liveness_probe).as_deref(), Some("/healthz"));
+    assert_eq!(probe(&container.readiness_probe).as_deref(), Some("/readyz"));
+    assert!(container.args.as_deref().unwrap_or_default().contains(&"--admin=0.0.0.0:9902".to_owned()));
     Api::<IngressClass>::all(client.clone()).get("sluice").await.expect("IngressClass sluice");
     Api::<ValidatingAdmissionPolicy>::all(client.clone()).get("sluice-subscription-approval").await.expect("policy");
     Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
@@ -101,6 +106,7 @@ async fn the_chart_installs_and_the_operator_runs_as_its_service_account() {
     let log = kubeconfig.with_file_name("operator-sa.log");
     let mut operator = Command::new(env!("CARGO_BIN_EXE_sluice-operator"))
         .args(["--lease-name", "sluice-operator", "--identity", "sluice-operator-0", "--lease-duration", "3"])
+        .args(["--admin", "127.0.0.1:0"])
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAMESPACE", NAMESPACE)
         .stdin(Stdio::null())

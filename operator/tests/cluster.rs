@@ -32,7 +32,7 @@ impl Operator {
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_sluice-operator"))
             .args(["--identity", identity, "--lease-namespace", "default", "--lease-duration", "3"])
-            .args(["--debounce-ms", "50", "--resync-secs", "5"])
+            .args(["--debounce-ms", "50", "--resync-secs", "5", "--admin", "127.0.0.1:0"])
             .env("KUBECONFIG", &kubeconfig)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -44,6 +44,23 @@ impl Operator {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path` from its admin listener (the address it logs): status
+    /// line and body.
+    async fn admin(&self, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let addr = eventually("the admin address in the log", Duration::from_secs(20), || async {
+            let log = self.log();
+            log.lines().find_map(|l| l.strip_prefix("sluice-operator: admin on ").map(str::to_owned))
+        })
+        .await;
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect to admin");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
     }
 
     fn kill(&mut self) {
@@ -220,6 +237,16 @@ async fn only_the_leader_writes_and_the_follower_takes_over() {
     assert_eq!(holder().await.as_deref(), Some("op-a"));
     assert!(a.log().contains("wrote "), "the leader wrote: {}", a.log());
     assert!(!b.log().contains("wrote "), "the follower wrote nothing: {}", b.log());
+    // Both are ready; each says on /metrics whether it leads.
+    for (operator, leading) in [(&a, 1), (&b, 0)] {
+        assert_eq!(operator.admin("/readyz").await.0, "HTTP/1.1 200 OK");
+        assert_eq!(operator.admin("/healthz").await.0, "HTTP/1.1 200 OK");
+        let (status, metrics) = operator.admin("/metrics").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(metrics.contains(&format!("\nsluice_operator_leading {leading}\n")), "{metrics}");
+        assert!(metrics.contains("# TYPE sluice_operator_status_writes_total counter"), "{metrics}");
+        promtool_check(&metrics);
+    }
 
     // The leader dies without letting go: the follower takes the lease
     // once it expires (3 s here) and writes what changed meanwhile.
@@ -345,4 +372,28 @@ async fn the_operator_survives_a_restart_of_the_api_server() {
     apply(&client, &route).await.expect("route");
     let accepted = condition_of(&client, "ApiRoute", Some("shop"), "after-restart", "Accepted").await;
     assert_eq!(accepted["status"], "True", "{}", operator.log());
+}
+
+/// `promtool check metrics` (from Debian's prometheus package, which
+/// scripts/test unpacks) finds nothing wrong with an exposition.
+fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let cached = home.join(".cache/sluice/tools/usr/bin/promtool");
+    let promtool = if cached.is_file() { cached } else { PathBuf::from("promtool") };
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} runs (scripts/test unpacks it): {e}", promtool.display()));
+    child.stdin.take().expect("stdin").write_all(metrics.as_bytes()).expect("write");
+    let output = child.wait_with_output().expect("promtool");
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
