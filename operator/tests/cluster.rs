@@ -199,6 +199,19 @@ async fn a_bad_route_is_reported_and_the_others_stay_accepted() {
     assert_eq!(accepted["status"], "False", "{accepted}");
     assert_eq!(accepted["reason"], "NotAllowedHost", "{accepted}");
 
+    // The same host and path as an older route: the older one keeps it.
+    let copy = json!({
+        "apiVersion": crds::API_VERSION, "kind": "ApiRoute",
+        "metadata": { "name": "orders-copy", "namespace": "shop" },
+        "spec": { "hosts": ["api.localhost"], "matches": [{ "path": { "type": "PathPrefix", "value": "/orders" } }],
+                  "backend": { "directResponse": { "status": 200 } } }
+    });
+    apply(&client, &copy).await.expect("passes CEL");
+    let conflicted = condition_of(&client, "ApiRoute", Some("shop"), "orders-copy", "Accepted").await;
+    assert_eq!(conflicted["status"], "False", "{conflicted}");
+    assert_eq!(conflicted["reason"], "Conflicted", "{conflicted}");
+    assert!(conflicted["message"].as_str().unwrap_or_default().contains("ApiRoute shop/orders"), "{conflicted}");
+
     let orders = condition_of(&client, "ApiRoute", Some("shop"), "orders", "Accepted").await;
     assert_eq!(orders["status"], "True", "the good route is still accepted: {orders}");
 }

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/local-cluster.kubeconfig")
-    });
+    let out = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/local-cluster.kubeconfig"));
     eprintln!("local-cluster: starting etcd and kube-apiserver (the first run builds them: several minutes)");
     let cluster = testcluster::Cluster::start().await?;
     if let Some(dir) = out.parent() {
