@@ -37,6 +37,10 @@ pub const API_VERSION: &str = "sluice.dev/v1alpha1";
 /// The `ingressClassName` (and `kubernetes.io/ingress.class` annotation) Sluice
 /// compiles standard Ingresses for.
 pub const INGRESS_CLASS: &str = "sluice";
+/// The `spec.controller` of IngressClasses Sluice implements: an Ingress
+/// whose class is one of them (or, with no class, when one of them is the
+/// cluster's default) is Sluice's.
+pub const INGRESS_CONTROLLER: &str = "sluice.dev/ingress-controller";
 
 /// Every CRD Sluice installs, in a stable order: `(file stem, definition)`.
 pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {

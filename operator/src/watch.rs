@@ -19,7 +19,7 @@ use crds::{AiProvider, ApiRoute, Subscription, Tenant};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -39,6 +39,7 @@ pub struct Stores {
     subscriptions: Store<Subscription>,
     providers: Store<AiProvider>,
     ingresses: Store<Ingress>,
+    ingress_classes: Store<IngressClass>,
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
     key_secrets: Store<Secret>,
@@ -64,6 +65,7 @@ impl Stores {
             subscriptions: reflect(Api::all(client.clone()), all(), changed),
             providers: reflect(Api::all(client.clone()), all(), changed),
             ingresses: reflect(Api::all(client.clone()), all(), changed),
+            ingress_classes: reflect(Api::all(client.clone()), all(), changed),
             services: reflect(Api::all(client.clone()), all(), changed),
             endpoint_slices: reflect(
                 Api::all(client.clone()),
@@ -91,6 +93,7 @@ impl Stores {
             self.subscriptions.wait_until_ready(),
             self.providers.wait_until_ready(),
             self.ingresses.wait_until_ready(),
+            self.ingress_classes.wait_until_ready(),
             self.services.wait_until_ready(),
             self.endpoint_slices.wait_until_ready(),
             self.key_secrets.wait_until_ready(),
@@ -121,6 +124,7 @@ impl Stores {
             subscriptions: all(&self.subscriptions),
             providers: all(&self.providers),
             ingresses: all(&self.ingresses),
+            ingress_classes: all(&self.ingress_classes),
             services: all(&self.services),
             endpoint_slices: all(&self.endpoint_slices),
             secrets,

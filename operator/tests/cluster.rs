@@ -410,3 +410,46 @@ fn promtool_check(metrics: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn ingresses_of_sluices_classes_are_compiled_the_default_class_included() {
+    let cluster = cluster_with(&[]).await;
+    let client = cluster.client().await.expect("client");
+    let config = sluice_operator::Config {
+        lease: sluice_operator::lease::LeaseConfig {
+            namespace: "default".into(),
+            name: "sluice-operator".into(),
+            identity: "in-process".into(),
+            duration: Duration::from_secs(3),
+        },
+        debounce: Duration::from_millis(50),
+        resync: Duration::from_secs(5),
+    };
+    let handle = sluice_operator::start(client.clone(), config);
+    let objects = [
+        json!({ "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                "metadata": { "name": "edge", "annotations": { "ingressclass.kubernetes.io/is-default-class": "true" } },
+                "spec": { "controller": crds::INGRESS_CONTROLLER } }),
+        json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web", "namespace": "default" },
+                "spec": { "ports": [{ "port": 80 }] } }),
+        json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": { "name": "classless", "namespace": "default" },
+                "spec": { "rules": [{ "host": "www.example.com", "http": { "paths": [
+                    { "path": "/", "pathType": "Prefix", "backend": { "service": { "name": "web", "port": { "number": 80 } } } }] } }] } }),
+        json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": { "name": "other", "namespace": "default" },
+                "spec": { "ingressClassName": "nginx", "rules": [{ "host": "nginx.example.com", "http": { "paths": [
+                    { "path": "/", "pathType": "Prefix", "backend": { "service": { "name": "web", "port": { "number": 80 } } } }] } }] } }),
+    ];
+    for object in &objects {
+        apply(&client, object).await.expect("applies");
+    }
+    let mut rx = handle.translation.clone();
+    let routes = eventually("the classless Ingress compiled", Duration::from_secs(30), || {
+        let translation = rx.borrow_and_update().clone();
+        async move {
+            let routes: Vec<String> = translation?.snapshot.routes.iter().map(|r| r.id.clone()).collect();
+            routes.iter().any(|id| id.starts_with("ingress:default/classless")).then_some(routes)
+        }
+    })
+    .await;
+    assert!(!routes.iter().any(|id| id.contains("/other")), "another controller's Ingress is not Sluice's: {routes:?}");
+}

@@ -4,7 +4,7 @@
 use crds::{AiProvider, ApiRoute, Subscription, Tenant};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
@@ -20,8 +20,12 @@ pub struct Inputs {
     pub subscriptions: Vec<Subscription>,
     /// AiProviders.
     pub providers: Vec<AiProvider>,
-    /// Ingresses (only those of class `sluice` are compiled).
+    /// Ingresses (only Sluice's are compiled: see `ingress_classes`).
     pub ingresses: Vec<Ingress>,
+    /// IngressClasses: which class names are Sluice's (controller
+    /// `sluice.dev/ingress-controller`), and whether one is the default.
+    /// The class named `sluice` is Sluice's even without an object.
+    pub ingress_classes: Vec<IngressClass>,
     /// Services referenced by routes.
     pub services: Vec<Service>,
     /// EndpointSlices of those Services.
@@ -191,6 +195,10 @@ impl Inputs {
             // NB: read and checked, then dropped: a folder that `kubectl
             // apply` takes as it is creates its namespaces, and translate
             // needs nothing from them.
+            ("networking.k8s.io/v1", "IngressClass") => {
+                self.ingress_classes.push(typed(value).map_err(parse_err)?);
+                Ok(1)
+            }
             ("v1", "Namespace") => {
                 typed::<k8s_openapi::api::core::v1::Namespace>(value).map_err(parse_err)?;
                 Ok(0)
@@ -219,12 +227,14 @@ impl Inputs {
             subscriptions,
             providers,
             ingresses,
+            ingress_classes,
             services,
             endpoint_slices,
             secrets,
             config_maps,
             ages: _,
         } = other;
+        join(&mut self.ingress_classes, ingress_classes);
         join(&mut self.tenants, tenants);
         join(&mut self.routes, routes);
         join(&mut self.subscriptions, subscriptions);
@@ -243,6 +253,7 @@ impl Inputs {
             + self.subscriptions.len()
             + self.providers.len()
             + self.ingresses.len()
+            + self.ingress_classes.len()
             + self.services.len()
             + self.endpoint_slices.len()
             + self.secrets.len()

@@ -1,8 +1,8 @@
-//! Standard `networking.k8s.io/v1` Ingresses of class `sluice`: each path
-//! becomes a plain route (no auth, default policies).
+//! Standard `networking.k8s.io/v1` Ingresses of Sluice's classes: each
+//! path becomes a plain route (no auth, default policies).
 
 use crds::{AuthMode, LifecycleState, PathMatchType, Visibility};
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 
 use super::backends::{self, PortRef};
 use super::index::{Age, Index, names};
@@ -12,18 +12,31 @@ use super::{Candidate, Output};
 use crate::model::{Access, AuthPolicy, Backend, Match, Route, TrafficPolicy};
 use crate::status::{ObjectRef, Rejection, reason};
 
-/// Whether an Ingress is Sluice's: `spec.ingressClassName` or the legacy
-/// `kubernetes.io/ingress.class` annotation is `sluice`.
-pub fn is_ours(ingress: &Ingress) -> bool {
+/// Whether an Ingress is Sluice's. Its class (`spec.ingressClassName`, or
+/// the legacy `kubernetes.io/ingress.class` annotation) is `sluice`, or
+/// names an IngressClass whose controller is Sluice's; an Ingress with no
+/// class is Sluice's when one of Sluice's IngressClasses is the cluster's
+/// default (`ingressclass.kubernetes.io/is-default-class: "true"`).
+pub fn is_ours(ingress: &Ingress, classes: &[IngressClass]) -> bool {
+    let ours =
+        |c: &&IngressClass| c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(crds::INGRESS_CONTROLLER);
     let class = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref());
     let annotation =
         ingress.metadata.annotations.as_ref().and_then(|a| a.get("kubernetes.io/ingress.class")).map(String::as_str);
-    class.or(annotation) == Some(crds::INGRESS_CLASS)
+    match class.or(annotation) {
+        Some(name) => {
+            name == crds::INGRESS_CLASS || classes.iter().filter(ours).any(|c| c.metadata.name.as_deref() == Some(name))
+        }
+        None => classes.iter().filter(ours).any(|c| {
+            c.metadata.annotations.as_ref().and_then(|a| a.get("ingressclass.kubernetes.io/is-default-class"))
+                == Some(&"true".to_owned())
+        }),
+    }
 }
 
 pub fn translate(index: &Index<'_>, tenancy: &Tenancy, out: &mut Output) -> Vec<Candidate> {
     let mut candidates = Vec::new();
-    for ingress in index.ingresses.iter().filter(|i| is_ours(i)) {
+    for ingress in index.ingresses.iter().filter(|i| is_ours(i, index.ingress_classes)) {
         let (namespace, name) = names(&ingress.metadata);
         let object = ObjectRef::new("Ingress", namespace, name);
         match compile(index, tenancy, ingress, &object) {
