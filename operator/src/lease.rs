@@ -1,7 +1,8 @@
 //! Leader election over a `coordination.k8s.io/v1` Lease, as client-go's
 //! `leaderelection` does it: the holder renews the lease every third of its
 //! duration; anyone may take it once a whole duration passed without a
-//! renewal. Every write carries the `resourceVersion` it read, so two
+//! renewal, or at once when the holder released it (at shutdown);
+//! followers look every 2 s. Every write carries the `resourceVersion` it read, so two
 //! replicas racing for an expired lease cannot both win (the loser gets a
 //! 409). Only the leader writes status.
 //!
@@ -88,7 +89,11 @@ pub fn elect(client: kube::Client, config: LeaseConfig) -> watch::Receiver<bool>
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-        let period = config.duration / 3;
+        // The holder renews every third of the duration; a follower looks
+        // every 2 s at most (client-go's retry period), so a released lease
+        // is taken within that.
+        let renew = config.duration / 3;
+        let retry = renew.min(Duration::from_secs(2));
         let mut last_renewed: Option<tokio::time::Instant> = None;
         loop {
             match try_lead(&api, &config).await {
@@ -101,10 +106,29 @@ pub fn elect(client: kube::Client, config: LeaseConfig) -> watch::Receiver<bool>
             if tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(period).await;
+            tokio::time::sleep(if leading { renew } else { retry }).await;
         }
     });
     rx
+}
+
+/// Lets go of the lease if we hold it (at shutdown), as client-go's
+/// `ReleaseOnCancel` does: the holder is cleared, so another replica takes
+/// over at its next round instead of after a whole lease duration.
+pub async fn release(client: kube::Client, config: &LeaseConfig) -> Result<bool, kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let Some(mut lease) = api.get_opt(&config.name).await? else { return Ok(false) };
+    let Some(spec) = lease.spec.as_mut() else { return Ok(false) };
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return Ok(false);
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+    // NB: carries the resourceVersion read: if another replica took it
+    // meanwhile, the 409 leaves its lease alone.
+    api.replace(&config.name, &PostParams::default(), &lease).await?;
+    Ok(true)
 }
 
 /// One round: read the lease, decide, write. `Ok(true)` when we hold it.

@@ -39,10 +39,14 @@ fn main() -> anyhow::Result<()> {
         say!("starting as {} (lease {}/{})", config.lease.identity, config.lease.namespace, config.lease.name);
         let listener = tokio::net::TcpListener::bind(&admin).await.with_context(|| format!("--admin {admin}"))?;
         say!("admin on {}", listener.local_addr().context("the admin address")?);
-        let handle = sluice_operator::start(client, config);
+        let handle = sluice_operator::start(client.clone(), config.clone());
         tokio::spawn(sluice_operator::admin::serve(listener, handle.metrics.clone()));
         shutdown().await;
-        say!("stopping");
+        match sluice_operator::lease::release(client, &config.lease).await {
+            Ok(true) => say!("stopping: released lease {}/{}", config.lease.namespace, config.lease.name),
+            Ok(false) => say!("stopping"),
+            Err(error) => say!("stopping: could not release the lease ({error}); it expires by itself"),
+        }
         anyhow::Ok(())
     })
 }

@@ -453,3 +453,39 @@ async fn ingresses_of_sluices_classes_are_compiled_the_default_class_included() 
     .await;
     assert!(!routes.iter().any(|id| id.contains("/other")), "another controller's Ingress is not Sluice's: {routes:?}");
 }
+
+#[tokio::test]
+async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
+    let cluster = cluster_with(&["examples/quickstart/tenants.yaml"]).await;
+    let client = cluster.client().await.expect("client");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let holder = || async { leases.get_opt("sluice-operator").await.ok().flatten()?.spec?.holder_identity };
+    // A long lease: without a release, the follower would wait 30 s.
+    let start = |identity: &str| {
+        let kubeconfig = cluster.kubeconfig().expect("kubeconfig");
+        let log = kubeconfig.with_file_name(format!("operator-{identity}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice-operator"))
+            .args(["--identity", identity, "--lease-namespace", "default", "--lease-duration", "30"])
+            .args(["--admin", "127.0.0.1:0"])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("starts");
+        Operator { child, log }
+    };
+    let a = start("op-a");
+    eventually("op-a to lead", Duration::from_secs(20), || async { (holder().await? == "op-a").then_some(()) }).await;
+    let b = start("op-b");
+    eventually("op-b to sync", Duration::from_secs(20), || async { b.log().contains("caches synced").then_some(()) })
+        .await;
+    let pid = a.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(killed.success());
+    let started = Instant::now();
+    eventually("op-b to take over", Duration::from_secs(20), || async { (holder().await? == "op-b").then_some(()) })
+        .await;
+    // Released, it is taken at the follower's next look (every 2 s).
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}: the lease was not released", started.elapsed());
+    assert!(a.log().contains("released lease"), "{}", a.log());
+}
