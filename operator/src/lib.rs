@@ -90,6 +90,13 @@ async fn reconcile(
     metrics: Arc<admin::Metrics>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+    let events = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "sluice-operator".into(),
+            instance: Some(config.lease.identity.clone()),
+        },
+    );
     stores.ready().await;
     say!("caches synced");
     let mut last: Option<Arc<Translation>> = None;
@@ -123,7 +130,7 @@ async fn reconcile(
             };
             let (actions, serving) = keys::plan(&stores.subscriptions(), approved, &stores.key_secrets());
             keys::apply(&client, &actions, &metrics).await;
-            let written = status::write_all(&client, &stores, &translation, &serving, &metrics).await;
+            let written = status::write_all(&client, &stores, &translation, &serving, &metrics, &events).await;
             if written > 0 {
                 say!("wrote {written} status(es) for snapshot {}", translation.snapshot.version);
             }

@@ -16,6 +16,8 @@ use snapshot::status::{ConditionStatus, ObjectStatus, reason};
 use snapshot::{Translation, status::ObjectRef};
 
 use crate::watch::Stores;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
 
 /// The one field manager the operator writes with.
 pub const FIELD_MANAGER: &str = "sluice-operator";
@@ -99,6 +101,7 @@ pub async fn write_all(
     translation: &Translation,
     keys: &std::collections::BTreeMap<(String, String), String>,
     metrics: &crate::admin::Metrics,
+    events: &Recorder,
 ) -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     let now = jiff::Timestamp::now();
@@ -106,7 +109,7 @@ pub async fn write_all(
     for verdict in &translation.statuses {
         let ObjectRef { kind, namespace, name } = &verdict.object;
         let mut extra = None;
-        let (generation, current) = match kind.as_str() {
+        let (generation, uid, current) = match kind.as_str() {
             "ApiRoute" => current(stores.route(namespace, name)),
             "Tenant" => current(stores.tenant(name)),
             "Subscription" => {
@@ -125,10 +128,14 @@ pub async fn write_all(
         };
         let Some(current) = current else { continue };
         let Some(status) = desired(verdict, generation, &current, extra, now) else { continue };
+        let turned_false = turned_false(verdict, &current);
         match patch(client, kind, namespace, name, status).await {
             Ok(()) => {
                 written += 1;
                 metrics.status_writes.fetch_add(1, Relaxed);
+                for condition in turned_false {
+                    warn(events, verdict, uid.clone(), condition).await;
+                }
             }
             Err(error) => {
                 metrics.status_write_errors.fetch_add(1, Relaxed);
@@ -139,15 +146,58 @@ pub async fn write_all(
     written
 }
 
-/// The generation and status of a cached object (`None`: not in the cache,
-/// so not ours to write yet).
-fn current<K: kube::Resource + serde::Serialize>(object: Option<Arc<K>>) -> (Option<i64>, Option<Value>) {
+/// The generation, uid and status of a cached object (`None`: not in the
+/// cache, so not ours to write yet).
+fn current<K: kube::Resource + serde::Serialize>(
+    object: Option<Arc<K>>,
+) -> (Option<i64>, Option<String>, Option<Value>) {
     match object {
         Some(object) => {
             let value = serde_json::to_value(&*object).unwrap_or_default();
-            (object.meta().generation, Some(value.get("status").cloned().unwrap_or(json!({}))))
+            let status = value.get("status").cloned().unwrap_or(json!({}));
+            (object.meta().generation, object.meta().uid.clone(), Some(status))
         }
-        None => (None, None),
+        None => (None, None, None),
+    }
+}
+
+/// The verdict's False conditions that were not False before: each is a
+/// Warning event on the object (`kubectl describe` shows them).
+pub fn turned_false<'a>(verdict: &'a ObjectStatus, current: &Value) -> Vec<&'a snapshot::status::StatusCondition> {
+    let before: Vec<Condition> = serde_json::from_value(current["conditions"].clone()).unwrap_or_default();
+    verdict
+        .conditions
+        .iter()
+        .filter(|c| c.is_false())
+        .filter(|c| !before.iter().any(|b| b.type_ == c.kind && b.status == "False" && b.reason == c.reason))
+        .collect()
+}
+
+/// Publishes a Warning event; a failure is logged (events are best effort).
+async fn warn(
+    events: &Recorder,
+    verdict: &ObjectStatus,
+    uid: Option<String>,
+    condition: &snapshot::status::StatusCondition,
+) {
+    let object = &verdict.object;
+    let reference = ObjectReference {
+        api_version: Some(crds::API_VERSION.to_owned()),
+        kind: Some(object.kind.clone()),
+        name: Some(object.name.clone()),
+        namespace: (!object.namespace.is_empty()).then(|| object.namespace.clone()),
+        uid,
+        ..ObjectReference::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: condition.reason.clone(),
+        note: Some(condition.message.chars().take(1000).collect()),
+        action: "Compile".to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = events.publish(&event, &reference).await {
+        crate::say!("event on {object}: {error}");
     }
 }
 

@@ -187,6 +187,16 @@ async fn a_bad_route_is_reported_and_the_others_stay_accepted() {
     let refs = condition_of(&client, "ApiRoute", Some("shop"), "missing", "ResolvedRefs").await;
     assert_eq!(refs["status"], "False", "{refs}");
     assert_eq!(refs["reason"], "BackendNotFound", "{refs}");
+    // ... and says so in an event (kubectl describe).
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "shop");
+    let event = eventually("a Warning event on the route", Duration::from_secs(20), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("missing"))
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.reason.as_deref(), Some("BackendNotFound"));
+    assert!(event.note.as_deref().unwrap_or_default().contains("nowhere"), "{event:?}");
 
     // A host that belongs to another tenant.
     let foreign = json!({

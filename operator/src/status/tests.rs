@@ -55,3 +55,15 @@ fn a_missing_secret_says_which_secrets_the_operator_reads() {
     assert!(message.starts_with("Secret team-a/jwks not found. (the operator reads only"), "{message}");
     assert!(message.contains("sluice.dev/config"), "{message}");
 }
+
+#[test]
+fn only_a_condition_that_turns_false_is_an_event() {
+    let accepted = desired(&verdict(true), Some(3), &json!({}), None, at(0)).expect("a write");
+    let rejected = verdict(false);
+    let turned = super::turned_false(&rejected, &accepted);
+    assert_eq!(turned.len(), 1, "True -> False is news");
+    assert_eq!(turned[0].reason, reason::INVALID);
+    let already = desired(&rejected, Some(3), &accepted, None, at(1)).expect("a write");
+    assert!(super::turned_false(&rejected, &already).is_empty(), "False -> False (same reason) is not");
+    assert!(super::turned_false(&verdict(true), &already).is_empty(), "False -> True is not a warning");
+}
