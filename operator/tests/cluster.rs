@@ -75,6 +75,21 @@ impl Drop for Operator {
     }
 }
 
+/// The operator in this process (to read what it compiles), leading at once.
+fn in_process(client: &kube::Client) -> sluice_operator::Handle {
+    let config = sluice_operator::Config {
+        lease: sluice_operator::lease::LeaseConfig {
+            namespace: "default".into(),
+            name: "sluice-operator".into(),
+            identity: "in-process".into(),
+            duration: Duration::from_secs(3),
+        },
+        debounce: Duration::from_millis(50),
+        resync: Duration::from_secs(5),
+    };
+    sluice_operator::start(client.clone(), config)
+}
+
 async fn cluster_with(files: &[&str]) -> Cluster {
     let cluster = Cluster::start().await.expect("a control plane");
     let mut paths: Vec<PathBuf> =
@@ -295,18 +310,7 @@ async fn an_approved_app_gets_a_key_whose_hash_is_compiled_and_revoking_withdraw
     use k8s_openapi::api::core::v1::Secret;
     let cluster = cluster_with(&["examples/quickstart/tenants.yaml"]).await;
     let client = cluster.client().await.expect("client");
-    // In process, to read what it compiles.
-    let config = sluice_operator::Config {
-        lease: sluice_operator::lease::LeaseConfig {
-            namespace: "default".into(),
-            name: "sluice-operator".into(),
-            identity: "in-process".into(),
-            duration: Duration::from_secs(3),
-        },
-        debounce: Duration::from_millis(50),
-        resync: Duration::from_secs(5),
-    };
-    let handle = sluice_operator::start(client.clone(), config);
+    let handle = in_process(&client);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "partner");
     let subscriptions: Api<crds::Subscription> = Api::namespaced(client.clone(), "partner");
     condition_of(&client, "Subscription", Some("partner"), "web-orders", "Accepted").await;
@@ -425,17 +429,7 @@ fn promtool_check(metrics: &str) {
 async fn ingresses_of_sluices_classes_are_compiled_the_default_class_included() {
     let cluster = cluster_with(&[]).await;
     let client = cluster.client().await.expect("client");
-    let config = sluice_operator::Config {
-        lease: sluice_operator::lease::LeaseConfig {
-            namespace: "default".into(),
-            name: "sluice-operator".into(),
-            identity: "in-process".into(),
-            duration: Duration::from_secs(3),
-        },
-        debounce: Duration::from_millis(50),
-        resync: Duration::from_secs(5),
-    };
-    let handle = sluice_operator::start(client.clone(), config);
+    let handle = in_process(&client);
     let objects = [
         json!({ "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
                 "metadata": { "name": "edge", "annotations": { "ingressclass.kubernetes.io/is-default-class": "true" } },
