@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::object::HasStatus;
 use serde_json::{Value, json};
 use snapshot::status::{ConditionStatus, ObjectStatus, reason};
 use snapshot::{Translation, status::ObjectRef};
@@ -109,9 +110,9 @@ pub async fn write_all(
     for verdict in &translation.statuses {
         let ObjectRef { kind, namespace, name } = &verdict.object;
         let mut extra = None;
-        let (generation, uid, current) = match kind.as_str() {
-            "ApiRoute" => current(stores.route(namespace, name)),
-            "Tenant" => current(stores.tenant(name)),
+        let (resource, (generation, uid, current)) = match kind.as_str() {
+            "ApiRoute" => (ApiResource::erase::<crds::ApiRoute>(&()), current(stores.route(namespace, name))),
+            "Tenant" => (ApiResource::erase::<crds::Tenant>(&()), current(stores.tenant(name))),
             "Subscription" => {
                 let subscription = stores.subscription(namespace, name);
                 if verdict.phase == Some(crds::ApprovalState::Approved)
@@ -120,16 +121,16 @@ pub async fn write_all(
                     let secret = keys.get(&(namespace.clone(), sub.spec.app.clone()));
                     extra = secret.map(|s| ("keySecretName", json!(s)));
                 }
-                current(subscription)
+                (ApiResource::erase::<crds::Subscription>(&()), current(subscription))
             }
-            "AiProvider" => current(stores.provider(namespace, name)),
+            "AiProvider" => (ApiResource::erase::<crds::AiProvider>(&()), current(stores.provider(namespace, name))),
             // Secrets, Services and Ingresses have no status of Sluice's.
             _ => continue,
         };
         let Some(current) = current else { continue };
         let Some(status) = desired(verdict, generation, &current, extra, now) else { continue };
         let turned_false = turned_false(verdict, &current);
-        match patch(client, kind, namespace, name, status).await {
+        match patch(client, &resource, &verdict.object, status).await {
             Ok(()) => {
                 written += 1;
                 metrics.status_writes.fetch_add(1, Relaxed);
@@ -147,14 +148,16 @@ pub async fn write_all(
 }
 
 /// The generation, uid and status of a cached object (`None`: not in the
-/// cache, so not ours to write yet).
-fn current<K: kube::Resource + serde::Serialize>(
-    object: Option<Arc<K>>,
-) -> (Option<i64>, Option<String>, Option<Value>) {
+/// cache, so not ours to write yet). NB: only the status is serialized, not
+/// the whole object: this runs for every object on every pass.
+fn current<K>(object: Option<Arc<K>>) -> (Option<i64>, Option<String>, Option<Value>)
+where
+    K: kube::Resource + HasStatus,
+    K::Status: serde::Serialize,
+{
     match object {
         Some(object) => {
-            let value = serde_json::to_value(&*object).unwrap_or_default();
-            let status = value.get("status").cloned().unwrap_or(json!({}));
+            let status = object.status().and_then(|s| serde_json::to_value(s).ok()).unwrap_or(json!({}));
             (object.meta().generation, object.meta().uid.clone(), Some(status))
         }
         None => (None, None, None),
@@ -203,33 +206,16 @@ async fn warn(
 
 async fn patch(
     client: &kube::Client,
-    kind: &str,
-    namespace: &str,
-    name: &str,
+    resource: &ApiResource,
+    object: &ObjectRef,
     status: Value,
 ) -> Result<(), kube::Error> {
-    let body = json!({ "apiVersion": crds::API_VERSION, "kind": kind, "status": status });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    match kind {
-        "Tenant" => {
-            Api::<crds::Tenant>::all(client.clone()).patch_status(name, &params, &Patch::Apply(&body)).await?;
-        }
-        "ApiRoute" => {
-            Api::<crds::ApiRoute>::namespaced(client.clone(), namespace)
-                .patch_status(name, &params, &Patch::Apply(&body))
-                .await?;
-        }
-        "Subscription" => {
-            Api::<crds::Subscription>::namespaced(client.clone(), namespace)
-                .patch_status(name, &params, &Patch::Apply(&body))
-                .await?;
-        }
-        _ => {
-            Api::<crds::AiProvider>::namespaced(client.clone(), namespace)
-                .patch_status(name, &params, &Patch::Apply(&body))
-                .await?;
-        }
-    }
+    let body = json!({ "apiVersion": crds::API_VERSION, "kind": object.kind, "status": status });
+    let api: Api<DynamicObject> = match object.namespace.as_str() {
+        "" => Api::all_with(client.clone(), resource),
+        namespace => Api::namespaced_with(client.clone(), namespace, resource),
+    };
+    api.patch_status(&object.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
     Ok(())
 }
 
